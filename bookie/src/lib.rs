@@ -1,0 +1,14 @@
+//! Bookies: the storage tier of Strata, and the ledger client that writes to it.
+//!
+//! This crate owns the bookie server (journal with group commit, entry logs,
+//! the RocksDB index of entries and per-segment state, the gRPC
+//! `BookieService`, registration with metadata) and, as it lands, the ledger
+//! client that gateways use for quorum writes, reads, fencing and recovery.
+
+pub mod config;
+pub mod index;
+pub mod server;
+pub mod service;
+
+pub use config::BookieConfig;
+pub use server::Bookie;

@@ -1,0 +1,172 @@
+//! Kafka request dispatch: decodes the request header, routes each API to its
+//! handler module, and encodes the response with the right header version.
+
+mod api_versions;
+mod metadata;
+
+use crate::config::GatewayConfig;
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use strata_metadata::cache::ClusterCache;
+
+/// The Kafka APIs this gateway implements, with the versions it accepts.
+/// ApiVersions advertises exactly this table.
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] =
+    &[(ApiKey::ApiVersions, 0, 4), (ApiKey::Metadata, 0, 12)];
+
+/// The versions of `api_key` this gateway accepts, if it implements it.
+pub fn supported_versions(api_key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED_APIS
+        .iter()
+        .find(|(key, _, _)| *key == api_key)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+/// What every handler may read: this gateway's identity and the cluster cache.
+pub struct Gatekeeper {
+    config: GatewayConfig,
+    advertised_host: String,
+    advertised_port: u16,
+    cache: ClusterCache,
+}
+
+impl Gatekeeper {
+    /// Handler context for a gateway advertised at `advertised_host:advertised_port`.
+    pub fn new(
+        config: GatewayConfig,
+        advertised_host: String,
+        advertised_port: u16,
+        cache: ClusterCache,
+    ) -> Self {
+        Self {
+            config,
+            advertised_host,
+            advertised_port,
+            cache,
+        }
+    }
+
+    /// The gateway's configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The watch-fed cluster cache.
+    pub fn cache(&self) -> &ClusterCache {
+        &self.cache
+    }
+}
+
+/// Why a request could not be answered; the connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The frame is shorter than a request header.
+    #[error("frame of {0} bytes is too short for a request header")]
+    Truncated(usize),
+    /// The API key is not a Kafka API.
+    #[error("unknown api key {0}")]
+    UnknownApi(i16),
+    /// The API or this version of it is not implemented.
+    #[error("unsupported {api:?} version {version}")]
+    Unsupported {
+        /// The requested API.
+        api: ApiKey,
+        /// The requested version.
+        version: i16,
+    },
+    /// The bytes do not decode as the request they claim to be.
+    #[error("{api:?} v{version} does not decode: {reason}")]
+    Malformed {
+        /// The requested API.
+        api: ApiKey,
+        /// The requested version.
+        version: i16,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The response could not be encoded (a bug, not the client's fault).
+    #[error("encoding the {api:?} response failed: {reason}")]
+    Encode {
+        /// The API being answered.
+        api: ApiKey,
+        /// What the encoder said.
+        reason: String,
+    },
+}
+
+/// Answers one request frame. `Ok(None)` means the request wants no response.
+pub async fn handle(
+    gatekeeper: &Gatekeeper,
+    mut frame: Bytes,
+) -> Result<Option<BytesMut>, RequestError> {
+    if frame.len() < 8 {
+        return Err(RequestError::Truncated(frame.len()));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api = ApiKey::try_from(raw_key).map_err(|_| RequestError::UnknownApi(raw_key))?;
+    let supported =
+        supported_versions(api).is_some_and(|(min, max)| (min..=max).contains(&version));
+    if !supported {
+        // A client asking for a newer ApiVersions than ours is told which we have,
+        // in the v0 format every client can read (KIP-511).
+        if api == ApiKey::ApiVersions {
+            let body = api_versions::unsupported_version();
+            return encode(api, 0, correlation_id, &body).map(Some);
+        }
+        return Err(RequestError::Unsupported { api, version });
+    }
+    let malformed = |reason: String| RequestError::Malformed {
+        api,
+        version,
+        reason,
+    };
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| malformed(e.to_string()))?;
+    match api {
+        ApiKey::ApiVersions => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = api_versions::handle(request);
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::Metadata => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = metadata::handle(gatekeeper, request, version);
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        other => Err(RequestError::Unsupported {
+            api: other,
+            version,
+        }),
+    }
+}
+
+/// Decodes a request body. Bytes left after it are ignored, as Apache Kafka
+/// does: some clients pad requests with fields of other versions.
+fn decode<T: Decodable>(frame: &mut Bytes, version: i16) -> Result<T, String> {
+    let request = T::decode(frame, version).map_err(|e| e.to_string())?;
+    if frame.has_remaining() {
+        tracing::debug!(left = frame.remaining(), "ignoring bytes after the request");
+    }
+    Ok(request)
+}
+
+/// Encodes a response header and body, ready to be framed.
+fn encode<T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Result<BytesMut, RequestError> {
+    let failed = |reason: String| RequestError::Encode { api, reason };
+    let mut buf = BytesMut::new();
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut buf, api.response_header_version(version))
+        .map_err(|e| failed(e.to_string()))?;
+    body.encode(&mut buf, version)
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(buf)
+}

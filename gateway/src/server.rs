@@ -1,0 +1,144 @@
+//! The gateway process: binds the Kafka listener, follows cluster state, keeps
+//! its registration alive, and accepts client connections.
+
+use crate::config::GatewayConfig;
+use crate::connection::serve_connection;
+use crate::handlers::Gatekeeper;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use strata_metadata::cache::ClusterCache;
+use strata_metadata::client::{ClientError, MetadataClient};
+use strata_metadata::lease::{keep_registered, Registration};
+use strata_proto::metadata::RegisterGatewayRequest;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Errors that stop a gateway from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The Kafka listener could not bind.
+    #[error("cannot listen for Kafka clients on {addr}: {source}")]
+    Bind {
+        /// The address that could not be bound.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The metadata client could not be built.
+    #[error(transparent)]
+    Metadata(#[from] ClientError),
+}
+
+/// A running gateway; all its tasks stop when the shutdown token is cancelled.
+pub struct Gateway {
+    kafka_addr: SocketAddr,
+    cache: ClusterCache,
+    tasks: TaskTracker,
+}
+
+impl Gateway {
+    /// Binds the Kafka listener and starts every task of the gateway.
+    pub async fn start(
+        config: GatewayConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, GatewayError> {
+        let listener = TcpListener::bind(config.kafka_listen_addr)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: config.kafka_listen_addr,
+                source,
+            })?;
+        let kafka_addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+            addr: config.kafka_listen_addr,
+            source,
+        })?;
+        let advertised_host = config
+            .advertised_host
+            .clone()
+            .unwrap_or_else(|| kafka_addr.ip().to_string());
+        let advertised_port = config.advertised_port.unwrap_or(kafka_addr.port());
+        let client = MetadataClient::connect_lazy(&config.metadata_addrs)?;
+        let cache = ClusterCache::new();
+        let tasks = TaskTracker::new();
+
+        tasks.spawn(cache.clone().run(client.clone(), shutdown.clone()));
+        let registration = RegisterGatewayRequest {
+            node_id: config.node_id,
+            kafka_host: advertised_host.clone(),
+            kafka_port: advertised_port as u32,
+            zone: config.zone.clone(),
+        };
+        tasks.spawn(keep_registered(
+            client,
+            Registration::Gateway(registration),
+            shutdown.clone(),
+        ));
+
+        let gatekeeper = Arc::new(Gatekeeper::new(
+            config,
+            advertised_host,
+            advertised_port,
+            cache.clone(),
+        ));
+        tasks.spawn(accept_loop(
+            listener,
+            gatekeeper,
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+        tasks.close();
+        tracing::info!(%kafka_addr, "gateway listening for Kafka clients");
+        Ok(Self {
+            kafka_addr,
+            cache,
+            tasks,
+        })
+    }
+
+    /// The address the Kafka listener is bound to.
+    pub fn kafka_addr(&self) -> SocketAddr {
+        self.kafka_addr
+    }
+
+    /// The gateway's watch-fed cluster cache.
+    pub fn cache(&self) -> &ClusterCache {
+        &self.cache
+    }
+
+    /// Waits until every task of the gateway has stopped (after shutdown).
+    pub async fn wait(self) {
+        self.tasks.wait().await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    gatekeeper: Arc<Gatekeeper>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tracing::debug!(%peer, "client connected");
+                tasks.spawn(serve_connection(
+                    stream,
+                    peer,
+                    gatekeeper.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The metadata service: the only place where cluster state is decided.
+//!
+//! This crate owns the cluster state machine (cluster id, registered gateways and
+//! bookies with their leases, topics and partitions, segments, committed offsets,
+//! producer-id blocks), its persistence in RocksDB, the gRPC `MetadataService` and
+//! `AdminService` servers, and the [`client::MetadataClient`] with a local
+//! [`cache::ClusterCache`] fed by the watch stream, which gateways, bookies and the
+//! CLI use. Commands are checked inside the state machine, never by the caller.
+
+pub mod cache;
+pub mod client;
+pub mod config;
+pub mod lease;
+pub mod node;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod store;
+pub mod topic_rules;
+
+pub use config::MetadataConfig;
+pub use node::MetadataNode;
+pub use server::MetadataServer;
+
+/// Milliseconds since the Unix epoch on this machine's wall clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

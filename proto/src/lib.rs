@@ -1,0 +1,71 @@
+//! Internal gRPC APIs of Strata, generated from `proto/*.proto` by tonic and prost.
+//!
+//! This crate owns the wire types shared by every role: the metadata service
+//! (topics, partitions, ownership and leader epochs, segments, committed offsets,
+//! producer-id blocks, node registration and the watch stream), the bookie service
+//! (pipelined adds, reads, LAC, fencing, sealing) and the admin service. Domain
+//! types such as [`metadata::SegmentInfo`] are defined here once and used by the
+//! metadata state machine, the gateways and the bookies alike.
+
+/// Metadata service: cluster state, ownership, segments, offsets and the watch stream.
+pub mod metadata {
+    tonic::include_proto!("strata.metadata.v1");
+}
+
+/// Bookie service: segment storage with quorum writes.
+pub mod bookie {
+    tonic::include_proto!("strata.bookie.v1");
+}
+
+/// Admin service: operator calls served by metadata nodes.
+pub mod admin {
+    include!(concat!(env!("OUT_DIR"), "/admin/strata.admin.v1.rs"));
+}
+
+/// Kafka error codes that the metadata service returns in an [`metadata::Outcome`].
+///
+/// Gateways pass them to Kafka clients unchanged.
+pub mod error_code {
+    /// No error.
+    pub const NONE: i32 = 0;
+    /// The server hit an unexpected error.
+    pub const UNKNOWN_SERVER_ERROR: i32 = -1;
+    /// The topic or partition does not exist.
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i32 = 3;
+    /// The caller is not the partition's current owner.
+    pub const NOT_LEADER_OR_FOLLOWER: i32 = 6;
+    /// A request field is out of range or malformed.
+    pub const INVALID_REQUEST: i32 = 42;
+    /// The topic name is not legal.
+    pub const INVALID_TOPIC_EXCEPTION: i32 = 17;
+    /// A topic of that name already exists.
+    pub const TOPIC_ALREADY_EXISTS: i32 = 36;
+    /// The partition count is not legal.
+    pub const INVALID_PARTITIONS: i32 = 37;
+    /// A topic config is unknown or its value is not legal.
+    pub const INVALID_CONFIG: i32 = 40;
+    /// The caller's leader epoch is older than the current one.
+    pub const FENCED_LEADER_EPOCH: i32 = 74;
+    /// The caller's leader epoch is newer than the current one.
+    pub const UNKNOWN_LEADER_EPOCH: i32 = 75;
+}
+
+impl metadata::Outcome {
+    /// A successful outcome.
+    pub fn ok() -> Self {
+        Self::default()
+    }
+
+    /// A failed outcome with a Kafka error code and a message for humans.
+    pub fn error(error_code: i32, message: impl Into<String>) -> Self {
+        Self {
+            error_code,
+            error_message: message.into(),
+        }
+    }
+
+    /// Whether the outcome is a success.
+    pub fn is_ok(&self) -> bool {
+        self.error_code == error_code::NONE
+    }
+}

@@ -1,0 +1,105 @@
+//! `strata dev`: a whole cluster in one process on local disk.
+
+use super::shutdown;
+use clap::Args;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use strata_bookie::{Bookie, BookieConfig};
+use strata_gateway::{Gateway, GatewayConfig};
+use strata_metadata::{MetadataConfig, MetadataServer};
+
+/// How many bookies `strata dev` runs: enough for the default 3/3/2 quorums.
+const DEV_BOOKIES: i32 = 3;
+
+/// Flags of `strata dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory for all of the cluster's data; a restart on it resumes the cluster.
+    #[arg(long, env = "STRATA_DEV_DATA_DIR", default_value = "./strata-data")]
+    pub data_dir: PathBuf,
+    /// Address of the Kafka listener.
+    #[arg(long, env = "STRATA_DEV_KAFKA_ADDR", default_value = "127.0.0.1:9092")]
+    pub kafka_addr: SocketAddr,
+    /// First loopback port of the internal gRPC services: metadata on it, the
+    /// bookies on the next three. 0 picks free ports.
+    #[arg(long, env = "STRATA_DEV_GRPC_BASE_PORT", default_value_t = 7600)]
+    pub grpc_base_port: u16,
+}
+
+/// The loopback address of the `offset`-th internal service.
+fn grpc_addr(base_port: u16, offset: u16) -> SocketAddr {
+    let port = if base_port == 0 {
+        0
+    } else {
+        base_port + offset
+    };
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Runs the dev cluster until Ctrl-C or SIGTERM.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    std::fs::create_dir_all(&args.data_dir)?;
+
+    let metadata = MetadataServer::start(
+        MetadataConfig {
+            listen_addr: grpc_addr(args.grpc_base_port, 0),
+            data_dir: args.data_dir.join("metadata"),
+            ..MetadataConfig::default()
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    let metadata_addrs = vec![metadata.grpc_addr().to_string()];
+
+    let mut bookies = Vec::new();
+    for node_id in 1..=DEV_BOOKIES {
+        let bookie = Bookie::start(
+            BookieConfig {
+                node_id,
+                listen_addr: grpc_addr(args.grpc_base_port, node_id as u16),
+                data_dir: args.data_dir.join(format!("bookie-{node_id}")),
+                metadata_addrs: metadata_addrs.clone(),
+                ..BookieConfig::default()
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        bookies.push(bookie);
+    }
+
+    let gateway = Gateway::start(
+        GatewayConfig {
+            node_id: 1,
+            kafka_listen_addr: args.kafka_addr,
+            metadata_addrs: metadata_addrs.clone(),
+            ..GatewayConfig::default()
+        },
+        shutdown.clone(),
+    )
+    .await?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "strata dev cluster is up (data in {})",
+        args.data_dir.display()
+    )?;
+    writeln!(out, "metadata  grpc://{}", metadata.grpc_addr())?;
+    for (i, bookie) in bookies.iter().enumerate() {
+        writeln!(out, "bookie-{}  grpc://{}", i + 1, bookie.grpc_addr())?;
+    }
+    writeln!(out, "kafka     {}", gateway.kafka_addr())?;
+    writeln!(out, "press Ctrl-C to stop")?;
+    out.flush()?;
+    drop(out);
+
+    gateway.wait().await;
+    for bookie in bookies {
+        bookie.wait().await;
+    }
+    metadata.wait().await;
+    println!("strata dev cluster stopped");
+    Ok(())
+}

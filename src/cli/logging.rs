@@ -1,0 +1,16 @@
+//! Log output: readable text by default, JSON lines on request; `RUST_LOG` filters.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global log subscriber, writing to stderr.
+pub fn init(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,198 @@
+//! `strata metadata`, `strata bookie` and `strata gateway`: one role per process.
+
+use super::settings::{load, set};
+use super::shutdown;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use strata_bookie::{Bookie, BookieConfig};
+use strata_gateway::{Gateway, GatewayConfig};
+use strata_metadata::{MetadataConfig, MetadataServer};
+
+/// Flags of `strata metadata`; each overrides the config file's key of the same name.
+#[derive(Debug, Args)]
+pub struct MetadataArgs {
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// TOML file with the node's settings.
+    #[arg(long, env = "STRATA_METADATA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id within the metadata group.
+    #[arg(long, env = "STRATA_METADATA_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "STRATA_METADATA_LISTEN_ADDR")]
+    pub listen_addr: Option<SocketAddr>,
+    /// Directory of the node's RocksDB database.
+    #[arg(long, env = "STRATA_METADATA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// How long a gateway or bookie stays live after its last heartbeat (ms).
+    #[arg(long, env = "STRATA_METADATA_LEASE_MS")]
+    pub lease_ms: Option<u64>,
+    /// How often gateways and bookies heartbeat (ms).
+    #[arg(long, env = "STRATA_METADATA_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Partition count of a topic created without one.
+    #[arg(long, env = "STRATA_METADATA_DEFAULT_PARTITIONS")]
+    pub default_partitions: Option<u32>,
+    /// Watch events buffered per watcher before it gets a fresh snapshot instead.
+    #[arg(long, env = "STRATA_METADATA_WATCH_BUFFER")]
+    pub watch_buffer: Option<usize>,
+}
+
+impl MetadataArgs {
+    /// The node's config: file, then environment, then flags.
+    pub fn resolve(self) -> anyhow::Result<MetadataConfig> {
+        let mut config: MetadataConfig = load(self.config.as_deref())?;
+        set(&mut config.node_id, self.node_id);
+        set(&mut config.listen_addr, self.listen_addr);
+        set(&mut config.data_dir, self.data_dir);
+        set(&mut config.lease_ms, self.lease_ms);
+        set(
+            &mut config.heartbeat_interval_ms,
+            self.heartbeat_interval_ms,
+        );
+        set(&mut config.default_partitions, self.default_partitions);
+        set(&mut config.watch_buffer, self.watch_buffer);
+        Ok(config)
+    }
+}
+
+/// Flags of `strata bookie`; each overrides the config file's key of the same name.
+#[derive(Debug, Args)]
+pub struct BookieArgs {
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// TOML file with the bookie's settings.
+    #[arg(long, env = "STRATA_BOOKIE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This bookie's id, unique among bookies.
+    #[arg(long, env = "STRATA_BOOKIE_NODE_ID")]
+    pub node_id: Option<i32>,
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "STRATA_BOOKIE_LISTEN_ADDR")]
+    pub listen_addr: Option<SocketAddr>,
+    /// Address other nodes reach this bookie at (default: the listen address).
+    #[arg(long, env = "STRATA_BOOKIE_ADVERTISED_ADDR")]
+    pub advertised_addr: Option<String>,
+    /// Availability zone.
+    #[arg(long, env = "STRATA_BOOKIE_ZONE")]
+    pub zone: Option<String>,
+    /// Directory of the journal, entry logs and index.
+    #[arg(long, env = "STRATA_BOOKIE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Metadata node addresses, comma-separated `host:port`.
+    #[arg(long, env = "STRATA_BOOKIE_METADATA_ADDRS", value_delimiter = ',')]
+    pub metadata_addrs: Option<Vec<String>>,
+}
+
+impl BookieArgs {
+    /// The bookie's config: file, then environment, then flags.
+    pub fn resolve(self) -> anyhow::Result<BookieConfig> {
+        let mut config: BookieConfig = load(self.config.as_deref())?;
+        set(&mut config.node_id, self.node_id);
+        set(&mut config.listen_addr, self.listen_addr);
+        set(&mut config.advertised_addr, self.advertised_addr.map(Some));
+        set(&mut config.zone, self.zone);
+        set(&mut config.data_dir, self.data_dir);
+        set(&mut config.metadata_addrs, self.metadata_addrs);
+        Ok(config)
+    }
+}
+
+/// Flags of `strata gateway`; each overrides the config file's key of the same name.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// TOML file with the gateway's settings.
+    #[arg(long, env = "STRATA_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This gateway's Kafka broker id.
+    #[arg(long, env = "STRATA_GATEWAY_NODE_ID")]
+    pub node_id: Option<i32>,
+    /// Address the Kafka listener binds.
+    #[arg(long, env = "STRATA_GATEWAY_KAFKA_LISTEN_ADDR")]
+    pub kafka_listen_addr: Option<SocketAddr>,
+    /// Host clients are told to connect to (default: the listener's IP).
+    #[arg(long, env = "STRATA_GATEWAY_ADVERTISED_HOST")]
+    pub advertised_host: Option<String>,
+    /// Port clients are told to connect to (default: the listener's port).
+    #[arg(long, env = "STRATA_GATEWAY_ADVERTISED_PORT")]
+    pub advertised_port: Option<u16>,
+    /// Availability zone (Kafka's rack).
+    #[arg(long, env = "STRATA_GATEWAY_ZONE")]
+    pub zone: Option<String>,
+    /// Metadata node addresses, comma-separated `host:port`.
+    #[arg(long, env = "STRATA_GATEWAY_METADATA_ADDRS", value_delimiter = ',')]
+    pub metadata_addrs: Option<Vec<String>>,
+    /// Largest Kafka request frame accepted, in bytes.
+    #[arg(long, env = "STRATA_GATEWAY_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+}
+
+impl GatewayArgs {
+    /// The gateway's config: file, then environment, then flags.
+    pub fn resolve(self) -> anyhow::Result<GatewayConfig> {
+        let mut config: GatewayConfig = load(self.config.as_deref())?;
+        set(&mut config.node_id, self.node_id);
+        set(&mut config.kafka_listen_addr, self.kafka_listen_addr);
+        set(&mut config.advertised_host, self.advertised_host.map(Some));
+        set(&mut config.advertised_port, self.advertised_port.map(Some));
+        set(&mut config.zone, self.zone);
+        set(&mut config.metadata_addrs, self.metadata_addrs);
+        set(&mut config.max_frame_bytes, self.max_frame_bytes);
+        Ok(config)
+    }
+}
+
+/// Runs one metadata node until Ctrl-C or SIGTERM.
+pub async fn run_metadata(args: MetadataArgs) -> anyhow::Result<()> {
+    let print_config = args.print_config;
+    let config = args.resolve()?;
+    if print_config {
+        return print_toml(&config);
+    }
+    let shutdown = shutdown::on_signal();
+    let server = MetadataServer::start(config, shutdown).await?;
+    println!("metadata  grpc://{}", server.grpc_addr());
+    server.wait().await;
+    Ok(())
+}
+
+/// Runs one bookie until Ctrl-C or SIGTERM.
+pub async fn run_bookie(args: BookieArgs) -> anyhow::Result<()> {
+    let print_config = args.print_config;
+    let config = args.resolve()?;
+    if print_config {
+        return print_toml(&config);
+    }
+    let shutdown = shutdown::on_signal();
+    let bookie = Bookie::start(config, shutdown).await?;
+    println!("bookie    grpc://{}", bookie.grpc_addr());
+    bookie.wait().await;
+    Ok(())
+}
+
+/// Runs one gateway until Ctrl-C or SIGTERM.
+pub async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let print_config = args.print_config;
+    let config = args.resolve()?;
+    if print_config {
+        return print_toml(&config);
+    }
+    let shutdown = shutdown::on_signal();
+    let gateway = Gateway::start(config, shutdown).await?;
+    println!("kafka     {}", gateway.kafka_addr());
+    gateway.wait().await;
+    Ok(())
+}
+
+/// Prints a resolved configuration as TOML.
+fn print_toml(config: &impl serde::Serialize) -> anyhow::Result<()> {
+    print!("{}", toml::to_string(config)?);
+    Ok(())
+}

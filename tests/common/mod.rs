@@ -1,0 +1,154 @@
+//! Harness for whole-cluster tests: runs the real `strata` binary as a child
+//! process on loopback ports and talks to it the way users do.
+
+#![allow(dead_code)]
+
+pub mod wire;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a cluster may take to print its addresses.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `strata` binary built for these tests.
+pub fn strata_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_strata")
+}
+
+/// A `strata dev` process and where it listens.
+pub struct DevCluster {
+    child: Option<Child>,
+    /// Address of the Kafka listener.
+    pub kafka_addr: SocketAddr,
+    /// Address of the metadata gRPC service.
+    pub metadata_addr: SocketAddr,
+    /// Addresses of the bookies.
+    pub bookie_addrs: Vec<SocketAddr>,
+    data_dir: PathBuf,
+}
+
+impl DevCluster {
+    /// Starts `strata dev` on free loopback ports with its data in `data_dir`.
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(strata_bin())
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--kafka-addr", "127.0.0.1:0", "--grpc-base-port", "0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("strata dev starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (lines_tx, lines_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (mut kafka_addr, mut metadata_addr, mut bookie_addrs) = (None, None, Vec::new());
+        while kafka_addr.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines_rx
+                .recv_timeout(left)
+                .expect("strata dev prints its addresses before the deadline");
+            let mut words = line.split_whitespace();
+            let (Some(role), Some(addr)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let addr = addr.trim_start_matches("grpc://");
+            match role {
+                "metadata" => metadata_addr = addr.parse().ok(),
+                r if r.starts_with("bookie-") => {
+                    bookie_addrs.extend(addr.parse::<SocketAddr>().ok())
+                }
+                "kafka" => kafka_addr = addr.parse().ok(),
+                _ => {}
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || while lines_rx.recv().is_ok() {});
+        DevCluster {
+            child: Some(child),
+            kafka_addr: kafka_addr.expect("kafka address printed"),
+            metadata_addr: metadata_addr.expect("metadata address printed"),
+            bookie_addrs,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// `host:port` of the Kafka listener, as a client's bootstrap.servers.
+    pub fn bootstrap(&self) -> String {
+        self.kafka_addr.to_string()
+    }
+
+    /// Runs `strata admin` against this cluster and returns its output.
+    pub fn admin(&self, args: &[&str]) -> std::process::Output {
+        Command::new(strata_bin())
+            .arg("admin")
+            .arg("--metadata-addrs")
+            .arg(self.metadata_addr.to_string())
+            .args(args)
+            .output()
+            .expect("strata admin runs")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("cluster is running");
+        terminate(&mut child)
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends SIGTERM to `child` and waits (bounded) for it to exit.
+pub fn terminate(child: &mut Child) -> ExitStatus {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "SIGTERM delivered");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("child can be waited on") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
