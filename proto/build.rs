@@ -8,7 +8,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Payloads and ids stay `bytes::Bytes`, so the hot path never copies them.
         .bytes(".")
-        .compile_protos(&["proto/metadata.proto", "proto/bookie.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/metadata.proto",
+                "proto/bookie.proto",
+                "proto/raft.proto",
+            ],
+            &["proto"],
+        )?;
     // Generated apart: protoc sees metadata.proto again through the import, and
     // its output must not replace the metadata module generated above.
     let admin_out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("admin");

@@ -1,10 +1,13 @@
 //! The metadata service: the only place where cluster state is decided.
 //!
 //! This crate owns the cluster state machine (cluster id, registered gateways and
-//! bookies with their leases, topics and partitions, segments, committed offsets,
-//! producer-id blocks), its persistence in RocksDB, the gRPC `MetadataService` and
-//! `AdminService` servers, and the [`client::MetadataClient`] with a local
-//! [`cache::ClusterCache`] fed by the watch stream, which gateways, bookies and the
+//! bookies with their leases, topics and partitions with owners and leader epochs,
+//! segments, committed offsets, producer-id blocks, coordinator slots), the openraft
+//! group that replicates it (log and state machine in RocksDB, gRPC transport,
+//! snapshots, membership changes), the controller that runs on the raft leader,
+//! the gRPC `MetadataService` and `AdminService` servers, and the
+//! [`client::MetadataClient`] with a local [`cache::ClusterCache`] fed by the watch
+//! stream, which gateways, bookies and the
 //! CLI use. Commands are checked inside the state machine, never by the caller.
 
 pub mod cache;
@@ -12,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod lease;
 pub mod node;
+pub mod raft;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -1,12 +1,15 @@
 //! The gRPC face of a metadata node: `MetadataService` and `AdminService`.
 
-use crate::node::{MetadataNode, NodeError};
-use crate::state::Reply;
+use crate::node::{MetadataNode, NodeError, RaftStatus};
+use crate::state::outcome;
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
 use strata_proto::admin::admin_service_server::AdminService;
-use strata_proto::admin::{ClusterStatusRequest, ClusterStatusResponse, MetadataMember};
+use strata_proto::admin::{
+    AddMetadataLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, MembershipResponse,
+    MetadataMember, PromoteMetadataNodeRequest, RemoveMetadataNodeRequest,
+};
 use strata_proto::metadata::metadata_command::Op;
 use strata_proto::metadata::metadata_service_server::MetadataService;
 use strata_proto::metadata::*;
@@ -27,22 +30,17 @@ impl MetadataGrpc {
         Self { node, shutdown }
     }
 
-    async fn propose(&self, op: Op) -> Result<Reply, Status> {
+    async fn propose(&self, op: Op) -> Result<CommandReply, Status> {
         self.node.propose(op).await.map_err(node_status)
     }
 
     async fn propose_lease(&self, op: Op) -> Result<(Outcome, u64), Status> {
-        match self.propose(op).await? {
-            Reply::Lease {
-                outcome,
-                lease_expires_ms,
-            } => Ok((outcome, lease_expires_ms)),
-            other => Ok((other.outcome().clone(), 0)),
-        }
+        let reply = self.propose(op).await?;
+        Ok((outcome(&reply).clone(), reply.lease_expires_ms))
     }
 
     async fn propose_outcome(&self, op: Op) -> Result<Outcome, Status> {
-        Ok(self.propose(op).await?.outcome().clone())
+        Ok(outcome(&self.propose(op).await?).clone())
     }
 
     async fn cluster_id(&self) -> String {
@@ -51,15 +49,30 @@ impl MetadataGrpc {
 }
 
 fn node_status(error: NodeError) -> Status {
-    tracing::error!(%error, "metadata command failed");
-    Status::internal(error.to_string())
+    match error {
+        // No leader right now: the caller may retry, here or on another node.
+        NodeError::Unavailable(_) | NodeError::Stopped(_) => {
+            tracing::debug!(%error, "metadata command not applied");
+            Status::unavailable(error.to_string())
+        }
+        NodeError::Refused(message) => Status::failed_precondition(message),
+        error => {
+            tracing::error!(%error, "metadata command failed");
+            Status::internal(error.to_string())
+        }
+    }
 }
 
-/// Answer for an API whose state-machine rules are not in this version.
-fn not_supported(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not supported by this metadata service yet"
-    ))
+/// What a group that never committed `partition` gets back: offset -1, as Kafka answers.
+fn no_offset(group: &str, partition: &TopicPartition) -> CommittedOffset {
+    CommittedOffset {
+        group: group.to_string(),
+        topic: partition.topic.clone(),
+        partition: partition.partition,
+        offset: -1,
+        leader_epoch: -1,
+        metadata: String::new(),
+    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
@@ -140,13 +153,9 @@ impl MetadataService for MetadataGrpc {
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let reply = self.propose(Op::CreateTopic(request.into_inner())).await?;
-        let (outcome, topic) = match reply {
-            Reply::Topic { outcome, topic } => (outcome, topic),
-            other => (other.outcome().clone(), None),
-        };
         Ok(Response::new(CreateTopicResponse {
-            outcome: Some(outcome),
-            topic,
+            outcome: Some(outcome(&reply).clone()),
+            topic: reply.topic,
         }))
     }
 
@@ -210,58 +219,132 @@ impl MetadataService for MetadataGrpc {
 
     async fn open_segment(
         &self,
-        _request: Request<OpenSegmentRequest>,
+        request: Request<OpenSegmentRequest>,
     ) -> Result<Response<OpenSegmentResponse>, Status> {
-        Err(not_supported("OpenSegment"))
+        let reply = self.propose(Op::OpenSegment(request.into_inner())).await?;
+        Ok(Response::new(OpenSegmentResponse {
+            outcome: Some(outcome(&reply).clone()),
+            segment: reply.segment,
+        }))
     }
 
     async fn seal_segment(
         &self,
-        _request: Request<SealSegmentRequest>,
+        request: Request<SealSegmentRequest>,
     ) -> Result<Response<SealSegmentResponse>, Status> {
-        Err(not_supported("SealSegment"))
+        let outcome = self
+            .propose_outcome(Op::SealSegment(request.into_inner()))
+            .await?;
+        Ok(Response::new(SealSegmentResponse {
+            outcome: Some(outcome),
+        }))
     }
 
     async fn mark_offloaded(
         &self,
-        _request: Request<MarkOffloadedRequest>,
+        request: Request<MarkOffloadedRequest>,
     ) -> Result<Response<MarkOffloadedResponse>, Status> {
-        Err(not_supported("MarkOffloaded"))
+        let outcome = self
+            .propose_outcome(Op::MarkOffloaded(request.into_inner()))
+            .await?;
+        Ok(Response::new(MarkOffloadedResponse {
+            outcome: Some(outcome),
+        }))
     }
 
     async fn delete_segments(
         &self,
-        _request: Request<DeleteSegmentsRequest>,
+        request: Request<DeleteSegmentsRequest>,
     ) -> Result<Response<DeleteSegmentsResponse>, Status> {
-        Err(not_supported("DeleteSegments"))
+        let outcome = self
+            .propose_outcome(Op::DeleteSegments(request.into_inner()))
+            .await?;
+        Ok(Response::new(DeleteSegmentsResponse {
+            outcome: Some(outcome),
+        }))
     }
 
     async fn list_segments(
         &self,
-        _request: Request<ListSegmentsRequest>,
+        request: Request<ListSegmentsRequest>,
     ) -> Result<Response<ListSegmentsResponse>, Status> {
-        Err(not_supported("ListSegments"))
+        let ListSegmentsRequest { topic, partition } = request.into_inner();
+        let applied = self.node.read().await;
+        let state = &applied.state;
+        if state.partition(&topic, partition).is_none() {
+            return Ok(Response::new(ListSegmentsResponse {
+                outcome: Some(Outcome::error(
+                    strata_proto::error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("partition {topic}-{partition} does not exist"),
+                )),
+                segments: Vec::new(),
+            }));
+        }
+        Ok(Response::new(ListSegmentsResponse {
+            outcome: Some(Outcome::ok()),
+            segments: state.segments.live(&topic, partition).cloned().collect(),
+        }))
     }
 
     async fn commit_offsets(
         &self,
-        _request: Request<CommitOffsetsRequest>,
+        request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
-        Err(not_supported("CommitOffsets"))
+        let outcome = self
+            .propose_outcome(Op::CommitOffsets(request.into_inner()))
+            .await?;
+        Ok(Response::new(CommitOffsetsResponse {
+            outcome: Some(outcome),
+        }))
     }
 
     async fn fetch_offsets(
         &self,
-        _request: Request<FetchOffsetsRequest>,
+        request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
-        Err(not_supported("FetchOffsets"))
+        let FetchOffsetsRequest { group, partitions } = request.into_inner();
+        let applied = self.node.read().await;
+        let state = &applied.state;
+        let offsets = if partitions.is_empty() {
+            state.group_offsets(&group).cloned().collect()
+        } else {
+            partitions
+                .iter()
+                .map(|p| {
+                    state
+                        .committed_offset(&group, &p.topic, p.partition)
+                        .cloned()
+                        .unwrap_or_else(|| no_offset(&group, p))
+                })
+                .collect()
+        };
+        Ok(Response::new(FetchOffsetsResponse { offsets }))
     }
 
     async fn allocate_producer_ids(
         &self,
-        _request: Request<AllocateProducerIdsRequest>,
+        request: Request<AllocateProducerIdsRequest>,
     ) -> Result<Response<AllocateProducerIdsResponse>, Status> {
-        Err(not_supported("AllocateProducerIds"))
+        let reply = self
+            .propose(Op::AllocateProducerIds(request.into_inner()))
+            .await?;
+        Ok(Response::new(AllocateProducerIdsResponse {
+            outcome: Some(outcome(&reply).clone()),
+            first_producer_id: reply.first_producer_id,
+            count: reply.producer_id_count,
+        }))
+    }
+
+    async fn deregister_gateway(
+        &self,
+        request: Request<DeregisterGatewayRequest>,
+    ) -> Result<Response<DeregisterGatewayResponse>, Status> {
+        let outcome = self
+            .propose_outcome(Op::DeregisterGateway(request.into_inner()))
+            .await?;
+        Ok(Response::new(DeregisterGatewayResponse {
+            outcome: Some(outcome),
+        }))
     }
 
     type WatchStream = WatchStream;
@@ -321,29 +404,87 @@ impl AdminService for MetadataGrpc {
         &self,
         _request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        let config = self.node.config();
+        let raft = self.node.status();
         let applied = self.node.read().await;
         let state = &applied.state;
         Ok(Response::new(ClusterStatusResponse {
             cluster_id: state.meta.cluster_id.clone(),
-            raft_leader: config.node_id,
-            raft_term: 0,
+            raft_leader: raft.leader.unwrap_or(0),
+            raft_term: raft.term,
             last_applied: applied.revision,
-            metadata_members: vec![MetadataMember {
-                node_id: config.node_id,
-                grpc_addr: config.listen_addr.to_string(),
-                role: "voter".into(),
-            }],
+            metadata_members: members(&raft),
             gateways: state.gateways.values().cloned().collect(),
             bookies: state.bookies.values().cloned().collect(),
             topic_count: state.topics.len() as u32,
             partition_count: state.partitions.len() as u32,
             now_ms: crate::now_ms(),
+            responding_node: raft.node_id,
         }))
+    }
+
+    async fn add_metadata_learner(
+        &self,
+        request: Request<AddMetadataLearnerRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let request = request.into_inner();
+        if request.node_id == 0 || request.grpc_addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "a learner needs a node id of at least 1 and a gRPC address",
+            ));
+        }
+        self.node
+            .add_learner(request.node_id, request.grpc_addr)
+            .await
+            .map_err(node_status)?;
+        Ok(self.membership())
+    }
+
+    async fn promote_metadata_node(
+        &self,
+        request: Request<PromoteMetadataNodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        self.node
+            .promote(request.into_inner().node_id)
+            .await
+            .map_err(node_status)?;
+        Ok(self.membership())
+    }
+
+    async fn remove_metadata_node(
+        &self,
+        request: Request<RemoveMetadataNodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        self.node
+            .remove(request.into_inner().node_id)
+            .await
+            .map_err(node_status)?;
+        Ok(self.membership())
     }
 }
 
-/// Serves the metadata and admin services on `listener` until `shutdown` is cancelled.
+impl MetadataGrpc {
+    fn membership(&self) -> Response<MembershipResponse> {
+        Response::new(MembershipResponse {
+            metadata_members: members(&self.node.status()),
+        })
+    }
+}
+
+/// The metadata group's members as the admin API lists them.
+fn members(raft: &RaftStatus) -> Vec<MetadataMember> {
+    let member = |(id, addr): (&u64, &String), role: &str| MetadataMember {
+        node_id: *id,
+        grpc_addr: addr.clone(),
+        role: role.into(),
+    };
+    raft.voters
+        .iter()
+        .map(|m| member(m, "voter"))
+        .chain(raft.learners.iter().map(|m| member(m, "learner")))
+        .collect()
+}
+
+/// Serves the metadata, admin and raft services on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     node: Arc<MetadataNode>,
     listener: tokio::net::TcpListener,
@@ -351,11 +492,16 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     use strata_proto::admin::admin_service_server::AdminServiceServer;
     use strata_proto::metadata::metadata_service_server::MetadataServiceServer;
+    use strata_proto::raft::raft_service_server::RaftServiceServer;
+    let raft = RaftServiceServer::new(crate::raft::service::RaftGrpc::new(node.clone()))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
     let grpc = MetadataGrpc::new(node, shutdown.clone());
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(MetadataServiceServer::new(grpc.clone()))
         .add_service(AdminServiceServer::new(grpc))
+        .add_service(raft)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }

@@ -2,20 +2,41 @@
 //! decide whether each [`MetadataCommand`] may change it.
 //!
 //! Applying a command is deterministic (time comes from the command), returns the
-//! reply for the proposer and the list of [`Change`]s that the store persists and
-//! the watch stream publishes.
+//! [`CommandReply`] for the proposer and the list of [`Change`]s that the store
+//! persists and the watch stream publishes. A refused command changes nothing:
+//! every handler checks all of its rules before it touches the state.
+//!
+//! Segment commands live in the `segments` module, ownership (the controller
+//! tick) in `ownership`.
+
+mod ownership;
+mod segments;
+
+pub use segments::SegmentTable;
 
 use crate::topic_rules::{check_topic_config, check_topic_name};
 use std::collections::BTreeMap;
 use strata_proto::error_code;
 use strata_proto::metadata::metadata_command::Op;
+use strata_proto::metadata::watch_event::Change as WatchChange;
 use strata_proto::metadata::{
-    BookieInfo, ClusterMeta, ClusterSnapshot, GatewayInfo, MetadataCommand, Outcome, PartitionInfo,
+    BookieInfo, ClusterMeta, ClusterSnapshot, CommandReply, CommittedOffset, CoordinatorSlot,
+    CreateTopicRequest, GatewayInfo, MetadataCommand, Outcome, PartitionInfo, SegmentInfo,
     TopicInfo,
 };
 
 /// Most partitions one topic may have.
 pub const MAX_PARTITIONS_PER_TOPIC: u32 = 100_000;
+/// Coordinator slots of a cluster, as Kafka's 50 `__consumer_offsets` partitions.
+pub const DEFAULT_COORDINATOR_SLOTS: u32 = 50;
+/// Most coordinator slots a cluster may have; a larger configured count is clamped.
+pub const MAX_COORDINATOR_SLOTS: u32 = 10_000;
+/// Largest block of producer ids one command hands out.
+pub const MAX_PRODUCER_ID_BLOCK: u32 = 1_000_000;
+/// Longest metadata string of a committed offset (Kafka's `offset.metadata.max.bytes`).
+pub const MAX_OFFSET_METADATA_BYTES: usize = 4096;
+/// The owner of a partition or slot that nobody owns.
+pub const NO_OWNER: i32 = -1;
 
 /// Rules of the state machine that come from configuration, identical on every replica.
 #[derive(Debug, Clone)]
@@ -24,6 +45,9 @@ pub struct StateRules {
     pub lease_ms: u64,
     /// Partition count of a topic created without one.
     pub default_partitions: u32,
+    /// Coordinator slots of a new cluster (clamped to `1..=MAX_COORDINATOR_SLOTS`);
+    /// fixed in [`ClusterMeta`] once the cluster has them.
+    pub coordinator_slots: u32,
 }
 
 /// One entity changed by a command, to persist and to publish.
@@ -31,13 +55,14 @@ pub struct StateRules {
 pub enum Change {
     /// Cluster identity and counters.
     Meta(ClusterMeta),
-    /// A gateway registered or renewed its lease.
+    /// A gateway registered, renewed or gave up its lease.
     Gateway(GatewayInfo),
     /// A bookie registered or renewed its lease.
     Bookie(BookieInfo),
     /// A topic was created or changed.
     Topic(TopicInfo),
-    /// A topic and all its partitions were deleted.
+    /// A topic, its partitions and its committed offsets were deleted (its
+    /// segments are marked deleted by [`Change::Segment`]s of the same command).
     TopicDeleted {
         /// Name of the deleted topic.
         name: String,
@@ -46,39 +71,16 @@ pub enum Change {
     },
     /// A partition was created or changed owner.
     Partition(PartitionInfo),
+    /// A segment was opened, sealed, offloaded or deleted.
+    Segment(SegmentInfo),
+    /// A consumer group committed an offset (not published on the watch stream).
+    Offset(CommittedOffset),
+    /// A coordinator slot was created or changed owner.
+    Slot(CoordinatorSlot),
 }
 
-/// What the proposer of a command gets back.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reply {
-    /// Success or a Kafka error code.
-    Outcome(Outcome),
-    /// A registration or heartbeat: the new lease expiry.
-    Lease {
-        /// Success or why the lease was refused.
-        outcome: Outcome,
-        /// Wall-clock milliseconds after which the node counts as dead.
-        lease_expires_ms: u64,
-    },
-    /// A created topic.
-    Topic {
-        /// Success or why the topic was refused.
-        outcome: Outcome,
-        /// The topic as created (or as it would be, for `validate_only`).
-        topic: Option<TopicInfo>,
-    },
-}
-
-impl Reply {
-    /// The outcome inside any reply.
-    pub fn outcome(&self) -> &Outcome {
-        match self {
-            Reply::Outcome(outcome) => outcome,
-            Reply::Lease { outcome, .. } => outcome,
-            Reply::Topic { outcome, .. } => outcome,
-        }
-    }
-}
+/// Key of a committed offset: (group, topic, partition).
+pub type OffsetKey = (String, String, u32);
 
 /// The whole cluster state, as held in memory by every metadata node.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -93,51 +95,85 @@ pub struct ClusterState {
     pub topics: BTreeMap<String, TopicInfo>,
     /// Partitions by (topic, partition index).
     pub partitions: BTreeMap<(String, u32), PartitionInfo>,
+    /// Every segment by id, with each partition's live segments in log order.
+    pub segments: SegmentTable,
+    /// Committed offsets by (group, topic, partition).
+    pub offsets: BTreeMap<OffsetKey, CommittedOffset>,
+    /// Coordinator slots by index.
+    pub slots: BTreeMap<u32, CoordinatorSlot>,
 }
+
+/// A command's reply and changes.
+type Effect = (CommandReply, Vec<Change>);
+/// A command's effect, or the outcome that refused it (and changed nothing).
+type Checked = Result<Effect, Outcome>;
 
 impl ClusterState {
     /// Applies one command and returns the reply plus what changed.
-    pub fn apply(&mut self, rules: &StateRules, command: &MetadataCommand) -> (Reply, Vec<Change>) {
-        let now_ms = command.now_ms;
-        let Some(op) = &command.op else {
-            let reply = Outcome::error(error_code::INVALID_REQUEST, "empty metadata command");
-            return (Reply::Outcome(reply), Vec::new());
+    pub fn apply(
+        &mut self,
+        rules: &StateRules,
+        command: &MetadataCommand,
+    ) -> (CommandReply, Vec<Change>) {
+        let result = match &command.op {
+            Some(op) => self.apply_op(rules, command.now_ms, op),
+            None => Err(Outcome::error(
+                error_code::INVALID_REQUEST,
+                "empty metadata command",
+            )),
         };
+        match result {
+            Ok(effect) => {
+                debug_assert!(outcome(&effect.0).is_ok(), "refusals go through Err");
+                effect
+            }
+            Err(refusal) => {
+                debug_assert!(!refusal.is_ok(), "a refusal carries an error code");
+                (reply_with(refusal), Vec::new())
+            }
+        }
+    }
+
+    fn apply_op(&mut self, rules: &StateRules, now_ms: u64, op: &Op) -> Checked {
+        let lease_expires_ms = now_ms.saturating_add(rules.lease_ms);
         match op {
-            Op::InitCluster(init) => self.init_cluster(&init.cluster_id),
-            Op::RegisterGateway(req) => {
-                let gateway = GatewayInfo {
-                    node_id: req.node_id,
-                    kafka_host: req.kafka_host.clone(),
-                    kafka_port: req.kafka_port,
-                    zone: req.zone.clone(),
-                    lease_expires_ms: now_ms + rules.lease_ms,
-                };
-                self.register_gateway(gateway)
-            }
-            Op::GatewayHeartbeat(req) => self.renew_gateway(req.node_id, now_ms + rules.lease_ms),
-            Op::RegisterBookie(req) => {
-                let bookie = BookieInfo {
-                    node_id: req.node_id,
-                    grpc_addr: req.grpc_addr.clone(),
-                    zone: req.zone.clone(),
-                    free_bytes: req.free_bytes,
-                    lease_expires_ms: now_ms + rules.lease_ms,
-                };
-                self.register_bookie(bookie)
-            }
+            Op::InitCluster(init) => self.init_cluster(rules, &init.cluster_id),
+            Op::RegisterGateway(req) => self.register_gateway(GatewayInfo {
+                node_id: req.node_id,
+                kafka_host: req.kafka_host.clone(),
+                kafka_port: req.kafka_port,
+                zone: req.zone.clone(),
+                lease_expires_ms,
+            }),
+            Op::GatewayHeartbeat(req) => self.renew_gateway(req.node_id, lease_expires_ms),
+            Op::DeregisterGateway(req) => self.deregister_gateway(req.node_id, now_ms),
+            Op::RegisterBookie(req) => self.register_bookie(BookieInfo {
+                node_id: req.node_id,
+                grpc_addr: req.grpc_addr.clone(),
+                zone: req.zone.clone(),
+                free_bytes: req.free_bytes,
+                lease_expires_ms,
+            }),
             Op::BookieHeartbeat(req) => {
-                self.renew_bookie(req.node_id, req.free_bytes, now_ms + rules.lease_ms)
+                self.renew_bookie(req.node_id, req.free_bytes, lease_expires_ms)
             }
             Op::CreateTopic(req) => self.create_topic(rules, req, now_ms),
             Op::DeleteTopic(req) => self.delete_topic(&req.name),
             Op::CreatePartitions(req) => {
                 self.create_partitions(&req.topic, req.new_total, req.validate_only)
             }
+            Op::OpenSegment(req) => self.open_segment(req),
+            Op::SealSegment(req) => self.seal_segment(req),
+            Op::MarkOffloaded(req) => self.mark_offloaded(req),
+            Op::DeleteSegments(req) => self.delete_segments(&req.segment_ids),
+            Op::CommitOffsets(req) => self.commit_offsets(&req.offsets),
+            Op::AllocateProducerIds(req) => self.allocate_producer_ids(req.count),
+            Op::ControllerTick(_) => Ok((ok_reply(), self.controller_tick(rules, now_ms))),
         }
     }
 
-    /// A snapshot of everything, as the first event of a watch stream.
+    /// A snapshot of everything published on the watch stream, as its first
+    /// event: every segment (deleted ones included) but no committed offsets.
     pub fn snapshot(&self) -> ClusterSnapshot {
         ClusterSnapshot {
             cluster_id: self.meta.cluster_id.clone(),
@@ -145,7 +181,8 @@ impl ClusterState {
             bookies: self.bookies.values().cloned().collect(),
             topics: self.topics.values().cloned().collect(),
             partitions: self.partitions.values().cloned().collect(),
-            segments: Vec::new(),
+            segments: self.segments.iter().cloned().collect(),
+            coordinator_slots: self.slots.values().cloned().collect(),
         }
     }
 
@@ -156,118 +193,150 @@ impl ClusterState {
             .filter(move |g| g.lease_expires_ms > now_ms)
     }
 
-    fn init_cluster(&mut self, cluster_id: &str) -> (Reply, Vec<Change>) {
+    /// A partition of an existing topic.
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionInfo> {
+        self.partitions.get(&(topic.to_string(), partition))
+    }
+
+    /// What `group` committed for one partition, if anything.
+    pub fn committed_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Option<&CommittedOffset> {
+        self.offsets
+            .get(&(group.to_string(), topic.to_string(), partition))
+    }
+
+    /// Every offset `group` has committed, by topic and partition.
+    pub fn group_offsets<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> impl Iterator<Item = &'a CommittedOffset> + 'a {
+        self.offsets
+            .range((group.to_string(), String::new(), 0)..)
+            .take_while(move |((g, _, _), _)| g == group)
+            .map(|(_, offset)| offset)
+    }
+
+    /// The partition of `topic`, or UNKNOWN_TOPIC_OR_PARTITION.
+    fn existing_partition(&self, topic: &str, partition: u32) -> Result<&PartitionInfo, Outcome> {
+        self.partition(topic, partition).ok_or_else(|| {
+            Outcome::error(
+                error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("partition {topic}-{partition} does not exist"),
+            )
+        })
+    }
+
+    fn init_cluster(&mut self, rules: &StateRules, cluster_id: &str) -> Checked {
         if !self.meta.cluster_id.is_empty() {
-            return (Reply::Outcome(Outcome::ok()), Vec::new());
+            return Ok((ok_reply(), Vec::new()));
         }
         if cluster_id.is_empty() {
-            let outcome = Outcome::error(error_code::INVALID_REQUEST, "cluster id is empty");
-            return (Reply::Outcome(outcome), Vec::new());
+            return Err(Outcome::error(
+                error_code::INVALID_REQUEST,
+                "cluster id is empty",
+            ));
         }
         self.meta.cluster_id = cluster_id.to_string();
         if self.meta.next_segment_id == 0 {
             self.meta.next_segment_id = 1;
         }
-        (
-            Reply::Outcome(Outcome::ok()),
-            vec![Change::Meta(self.meta.clone())],
-        )
+        self.fix_slot_count(rules);
+        let mut changes = self.create_missing_slots();
+        changes.push(Change::Meta(self.meta.clone()));
+        Ok((ok_reply(), changes))
     }
 
-    fn register_gateway(&mut self, gateway: GatewayInfo) -> (Reply, Vec<Change>) {
+    fn register_gateway(&mut self, gateway: GatewayInfo) -> Checked {
         if gateway.node_id < 0 {
-            return lease_refused(error_code::INVALID_REQUEST, "gateway node id must be >= 0");
+            return Err(Outcome::error(
+                error_code::INVALID_REQUEST,
+                "gateway node id must be >= 0",
+            ));
         }
         if gateway.kafka_host.is_empty() || gateway.kafka_port == 0 || gateway.kafka_port > 65535 {
-            return lease_refused(
+            return Err(Outcome::error(
                 error_code::INVALID_REQUEST,
                 "gateway must advertise a Kafka host and port",
-            );
+            ));
         }
+        let node_id = gateway.node_id;
         let lease_expires_ms = gateway.lease_expires_ms;
-        self.gateways.insert(gateway.node_id, gateway.clone());
-        let reply = Reply::Lease {
-            outcome: Outcome::ok(),
-            lease_expires_ms,
-        };
-        (reply, vec![Change::Gateway(gateway)])
+        self.gateways.insert(node_id, gateway.clone());
+        let mut changes = vec![Change::Gateway(gateway)];
+        changes.extend(self.fence_previous_incarnation(node_id));
+        Ok((lease_reply(lease_expires_ms), changes))
     }
 
-    fn renew_gateway(&mut self, node_id: i32, lease_expires_ms: u64) -> (Reply, Vec<Change>) {
-        let Some(gateway) = self.gateways.get_mut(&node_id) else {
-            return lease_refused(
+    fn renew_gateway(&mut self, node_id: i32, lease_expires_ms: u64) -> Checked {
+        let gateway = self.gateways.get_mut(&node_id).ok_or_else(|| {
+            Outcome::error(
                 error_code::INVALID_REQUEST,
                 format!("gateway {node_id} is not registered"),
-            );
-        };
+            )
+        })?;
         gateway.lease_expires_ms = gateway.lease_expires_ms.max(lease_expires_ms);
-        let reply = Reply::Lease {
-            outcome: Outcome::ok(),
-            lease_expires_ms: gateway.lease_expires_ms,
-        };
-        (reply, vec![Change::Gateway(gateway.clone())])
+        let reply = lease_reply(gateway.lease_expires_ms);
+        Ok((reply, vec![Change::Gateway(gateway.clone())]))
     }
 
-    fn register_bookie(&mut self, bookie: BookieInfo) -> (Reply, Vec<Change>) {
+    /// Ends a gateway's lease at `now_ms` (a clean shutdown); the next
+    /// controller tick moves what it owned.
+    fn deregister_gateway(&mut self, node_id: i32, now_ms: u64) -> Checked {
+        let gateway = self.gateways.get_mut(&node_id).ok_or_else(|| {
+            Outcome::error(
+                error_code::INVALID_REQUEST,
+                format!("gateway {node_id} is not registered"),
+            )
+        })?;
+        gateway.lease_expires_ms = gateway.lease_expires_ms.min(now_ms);
+        let reply = lease_reply(gateway.lease_expires_ms);
+        Ok((reply, vec![Change::Gateway(gateway.clone())]))
+    }
+
+    fn register_bookie(&mut self, bookie: BookieInfo) -> Checked {
         if bookie.node_id < 0 {
-            return lease_refused(error_code::INVALID_REQUEST, "bookie node id must be >= 0");
+            return Err(Outcome::error(
+                error_code::INVALID_REQUEST,
+                "bookie node id must be >= 0",
+            ));
         }
         if bookie.grpc_addr.is_empty() {
-            return lease_refused(
+            return Err(Outcome::error(
                 error_code::INVALID_REQUEST,
                 "bookie must advertise an address",
-            );
+            ));
         }
         let lease_expires_ms = bookie.lease_expires_ms;
         self.bookies.insert(bookie.node_id, bookie.clone());
-        let reply = Reply::Lease {
-            outcome: Outcome::ok(),
-            lease_expires_ms,
-        };
-        (reply, vec![Change::Bookie(bookie)])
+        Ok((lease_reply(lease_expires_ms), vec![Change::Bookie(bookie)]))
     }
 
-    fn renew_bookie(
-        &mut self,
-        node_id: i32,
-        free_bytes: u64,
-        lease_expires_ms: u64,
-    ) -> (Reply, Vec<Change>) {
-        let Some(bookie) = self.bookies.get_mut(&node_id) else {
-            return lease_refused(
+    fn renew_bookie(&mut self, node_id: i32, free_bytes: u64, lease_expires_ms: u64) -> Checked {
+        let bookie = self.bookies.get_mut(&node_id).ok_or_else(|| {
+            Outcome::error(
                 error_code::INVALID_REQUEST,
                 format!("bookie {node_id} is not registered"),
-            );
-        };
+            )
+        })?;
         bookie.lease_expires_ms = bookie.lease_expires_ms.max(lease_expires_ms);
         bookie.free_bytes = free_bytes;
-        let reply = Reply::Lease {
-            outcome: Outcome::ok(),
-            lease_expires_ms: bookie.lease_expires_ms,
-        };
-        (reply, vec![Change::Bookie(bookie.clone())])
+        let reply = lease_reply(bookie.lease_expires_ms);
+        Ok((reply, vec![Change::Bookie(bookie.clone())]))
     }
 
     fn create_topic(
         &mut self,
         rules: &StateRules,
-        req: &strata_proto::metadata::CreateTopicRequest,
+        req: &CreateTopicRequest,
         now_ms: u64,
-    ) -> (Reply, Vec<Change>) {
-        let refuse = |outcome: Outcome| {
-            (
-                Reply::Topic {
-                    outcome,
-                    topic: None,
-                },
-                Vec::new(),
-            )
-        };
-        if let Err(outcome) = check_topic_name(&req.name) {
-            return refuse(outcome);
-        }
+    ) -> Checked {
+        check_topic_name(&req.name)?;
         if self.topics.contains_key(&req.name) {
-            return refuse(Outcome::error(
+            return Err(Outcome::error(
                 error_code::TOPIC_ALREADY_EXISTS,
                 format!("topic {:?} already exists", req.name),
             ));
@@ -276,7 +345,7 @@ impl ClusterState {
             -1 => rules.default_partitions,
             n if n >= 1 && n as u32 <= MAX_PARTITIONS_PER_TOPIC => n as u32,
             n => {
-                return refuse(Outcome::error(
+                return Err(Outcome::error(
                     error_code::INVALID_PARTITIONS,
                     format!(
                         "partition count {n} is not in 1..={MAX_PARTITIONS_PER_TOPIC} (or -1 for the default)"
@@ -285,9 +354,7 @@ impl ClusterState {
             }
         };
         for (key, value) in &req.configs {
-            if let Err(outcome) = check_topic_config(key, value) {
-                return refuse(outcome);
-            }
+            check_topic_config(key, value)?;
         }
         let topic = TopicInfo {
             name: req.name.clone(),
@@ -296,49 +363,48 @@ impl ClusterState {
             configs: req.configs.clone(),
             created_ms: now_ms,
         };
+        let reply = CommandReply {
+            topic: Some(topic.clone()),
+            ..ok_reply()
+        };
         if req.validate_only {
-            let reply = Reply::Topic {
-                outcome: Outcome::ok(),
-                topic: Some(topic),
-            };
-            return (reply, Vec::new());
+            return Ok((reply, Vec::new()));
         }
         self.topics.insert(topic.name.clone(), topic.clone());
-        let mut changes = vec![Change::Topic(topic.clone())];
-        changes.extend(self.add_partitions(&topic.name, 0, partition_count));
-        let reply = Reply::Topic {
-            outcome: Outcome::ok(),
-            topic: Some(topic),
-        };
-        (reply, changes)
+        let mut changes = vec![Change::Topic(topic)];
+        changes.extend(self.add_partitions(&req.name, 0, partition_count));
+        Ok((reply, changes))
     }
 
-    fn delete_topic(&mut self, name: &str) -> (Reply, Vec<Change>) {
+    /// Deletes a topic with its partitions and committed offsets, and marks its
+    /// segments deleted so that bookies and the offloader drop their data.
+    fn delete_topic(&mut self, name: &str) -> Checked {
         let Some(topic) = self.topics.remove(name) else {
-            let outcome = Outcome::error(
+            return Err(Outcome::error(
                 error_code::UNKNOWN_TOPIC_OR_PARTITION,
                 format!("topic {name:?} does not exist"),
-            );
-            return (Reply::Outcome(outcome), Vec::new());
+            ));
         };
+        let mut changes = Vec::new();
         for partition in 0..topic.partition_count {
             self.partitions.remove(&(name.to_string(), partition));
+            changes.extend(
+                self.segments
+                    .delete_partition(name, partition)
+                    .into_iter()
+                    .map(Change::Segment),
+            );
         }
-        let change = Change::TopicDeleted {
+        self.offsets.retain(|(_, t, _), _| t != name);
+        changes.push(Change::TopicDeleted {
             name: name.to_string(),
             partition_count: topic.partition_count,
-        };
-        (Reply::Outcome(Outcome::ok()), vec![change])
+        });
+        Ok((ok_reply(), changes))
     }
 
-    fn create_partitions(
-        &mut self,
-        name: &str,
-        new_total: u32,
-        validate_only: bool,
-    ) -> (Reply, Vec<Change>) {
-        let refuse =
-            |code, message: String| (Reply::Outcome(Outcome::error(code, message)), Vec::new());
+    fn create_partitions(&mut self, name: &str, new_total: u32, validate_only: bool) -> Checked {
+        let refuse = |code, message: String| Err(Outcome::error(code, message));
         let Some(topic) = self.topics.get(name) else {
             return refuse(
                 error_code::UNKNOWN_TOPIC_OR_PARTITION,
@@ -359,14 +425,14 @@ impl ClusterState {
             );
         }
         if validate_only {
-            return (Reply::Outcome(Outcome::ok()), Vec::new());
+            return Ok((ok_reply(), Vec::new()));
         }
         let mut topic = topic.clone();
         topic.partition_count = new_total;
         self.topics.insert(name.to_string(), topic.clone());
         let mut changes = vec![Change::Topic(topic)];
         changes.extend(self.add_partitions(name, current, new_total));
-        (Reply::Outcome(Outcome::ok()), changes)
+        Ok((ok_reply(), changes))
     }
 
     /// Creates partitions `from..to` of a topic, unowned until the controller grants them.
@@ -376,7 +442,7 @@ impl ClusterState {
                 let info = PartitionInfo {
                     topic: topic.to_string(),
                     partition,
-                    owner: -1,
+                    owner: NO_OWNER,
                     leader_epoch: 0,
                 };
                 self.partitions
@@ -386,7 +452,79 @@ impl ClusterState {
             .collect()
     }
 
-    /// Applies a change read back from the store while loading.
+    /// Records a batch of committed offsets: all of them, or none if any is
+    /// refused (an empty group, an unknown partition, an offset below -1, or
+    /// metadata longer than [`MAX_OFFSET_METADATA_BYTES`]).
+    fn commit_offsets(&mut self, offsets: &[CommittedOffset]) -> Checked {
+        for offset in offsets {
+            self.check_commit(offset)?;
+        }
+        let changes = offsets
+            .iter()
+            .map(|offset| {
+                let key = (offset.group.clone(), offset.topic.clone(), offset.partition);
+                self.offsets.insert(key, offset.clone());
+                Change::Offset(offset.clone())
+            })
+            .collect();
+        Ok((ok_reply(), changes))
+    }
+
+    fn check_commit(&self, offset: &CommittedOffset) -> Result<(), Outcome> {
+        if offset.group.is_empty() {
+            return Err(Outcome::error(
+                error_code::INVALID_GROUP_ID,
+                "group id is empty",
+            ));
+        }
+        self.existing_partition(&offset.topic, offset.partition)?;
+        if offset.offset < -1 {
+            return Err(Outcome::error(
+                error_code::INVALID_REQUEST,
+                format!(
+                    "committed offset {} of {}-{} is below -1",
+                    offset.offset, offset.topic, offset.partition
+                ),
+            ));
+        }
+        if offset.metadata.len() > MAX_OFFSET_METADATA_BYTES {
+            return Err(Outcome::error(
+                error_code::OFFSET_METADATA_TOO_LARGE,
+                format!(
+                    "offset metadata is {} bytes; at most {MAX_OFFSET_METADATA_BYTES} are allowed",
+                    offset.metadata.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands out the next `count` producer ids; blocks never overlap.
+    fn allocate_producer_ids(&mut self, count: u32) -> Checked {
+        if count == 0 || count > MAX_PRODUCER_ID_BLOCK {
+            return Err(Outcome::error(
+                error_code::INVALID_REQUEST,
+                format!("producer id block size {count} is not in 1..={MAX_PRODUCER_ID_BLOCK}"),
+            ));
+        }
+        let first = self.meta.next_producer_id;
+        debug_assert!(first >= 0, "producer ids start at 0 and only grow");
+        let next = first.checked_add(i64::from(count)).ok_or_else(|| {
+            Outcome::error(
+                error_code::UNKNOWN_SERVER_ERROR,
+                "producer ids are exhausted",
+            )
+        })?;
+        self.meta.next_producer_id = next;
+        let reply = CommandReply {
+            first_producer_id: first,
+            producer_id_count: count,
+            ..ok_reply()
+        };
+        Ok((reply, vec![Change::Meta(self.meta.clone())]))
+    }
+
+    /// Applies a change read back from the store (or a snapshot) while loading.
     pub fn restore(&mut self, change: Change) {
         match change {
             Change::Meta(meta) => self.meta = meta,
@@ -402,20 +540,81 @@ impl ClusterState {
             Change::TopicDeleted { name, .. } => {
                 self.topics.remove(&name);
                 self.partitions.retain(|(topic, _), _| *topic != name);
+                self.offsets.retain(|(_, topic, _), _| *topic != name);
             }
             Change::Partition(p) => {
                 self.partitions.insert((p.topic.clone(), p.partition), p);
+            }
+            Change::Segment(s) => self.segments.upsert(s),
+            Change::Offset(o) => {
+                self.offsets
+                    .insert((o.group.clone(), o.topic.clone(), o.partition), o);
+            }
+            Change::Slot(s) => {
+                self.slots.insert(s.slot, s);
             }
         }
     }
 }
 
-fn lease_refused(code: i32, message: impl Into<String>) -> (Reply, Vec<Change>) {
-    let reply = Reply::Lease {
-        outcome: Outcome::error(code, message),
-        lease_expires_ms: 0,
+/// The outcome of a reply. A reply without one (never made by [`ClusterState::apply`])
+/// counts as UNKNOWN_SERVER_ERROR, so that it can never pass for a success.
+pub fn outcome(reply: &CommandReply) -> &Outcome {
+    static MISSING: Outcome = Outcome {
+        error_code: error_code::UNKNOWN_SERVER_ERROR,
+        error_message: String::new(),
     };
-    (reply, Vec::new())
+    reply.outcome.as_ref().unwrap_or(&MISSING)
+}
+
+/// A successful reply with nothing else in it.
+pub fn ok_reply() -> CommandReply {
+    reply_with(Outcome::ok())
+}
+
+/// A reply carrying only `outcome`.
+pub fn reply_with(outcome: Outcome) -> CommandReply {
+    CommandReply {
+        outcome: Some(outcome),
+        ..Default::default()
+    }
+}
+
+fn lease_reply(lease_expires_ms: u64) -> CommandReply {
+    CommandReply {
+        lease_expires_ms,
+        ..ok_reply()
+    }
+}
+
+/// The watch-stream form of a change. Cluster counters and committed offsets
+/// are not published: offsets change too often, and only metadata serves them.
+pub fn watch_change(change: Change) -> Option<WatchChange> {
+    Some(match change {
+        Change::Meta(_) | Change::Offset(_) => return None,
+        Change::Gateway(g) => WatchChange::GatewayUpserted(g),
+        Change::Bookie(b) => WatchChange::BookieUpserted(b),
+        Change::Topic(t) => WatchChange::TopicUpserted(t),
+        Change::TopicDeleted { name, .. } => WatchChange::TopicDeleted(name),
+        Change::Partition(p) => WatchChange::PartitionUpserted(p),
+        Change::Segment(s) => WatchChange::SegmentUpserted(s),
+        Change::Slot(s) => WatchChange::CoordinatorSlotUpserted(s),
+    })
+}
+
+/// The coordinator slot of a consumer group: Kafka's
+/// `abs(groupId.hashCode()) % slots`, with Java's `String.hashCode` over UTF-16
+/// code units, so that every process (in any language) agrees. 0 when `slots` is 0.
+pub fn coordinator_slot_for(group: &str, slots: u32) -> u32 {
+    if slots == 0 {
+        return 0;
+    }
+    let hash = group.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    // Kafka's Utils.abs: i32::MIN maps to 0 rather than staying negative.
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    positive as u32 % slots
 }
 
 /// A topic id that every replica derives identically from the command, so the
@@ -428,21 +627,23 @@ fn topic_id_for(cluster_id: &str, name: &str, now_ms: u64) -> bytes::Bytes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use strata_proto::metadata::{
-        CreatePartitionsRequest, CreateTopicRequest, DeleteTopicRequest, GatewayHeartbeatRequest,
-        InitCluster, RegisterGatewayRequest,
+        AllocateProducerIdsRequest, BookieHeartbeatRequest, CommitOffsetsRequest,
+        CreatePartitionsRequest, DeleteTopicRequest, DeregisterGatewayRequest,
+        GatewayHeartbeatRequest, InitCluster, RegisterBookieRequest, RegisterGatewayRequest,
     };
 
-    fn rules() -> StateRules {
+    pub(crate) fn rules() -> StateRules {
         StateRules {
             lease_ms: 1_000,
             default_partitions: 3,
+            coordinator_slots: DEFAULT_COORDINATOR_SLOTS,
         }
     }
 
-    fn run(state: &mut ClusterState, now_ms: u64, op: Op) -> (Reply, Vec<Change>) {
+    pub(crate) fn run(state: &mut ClusterState, now_ms: u64, op: Op) -> Effect {
         let command = MetadataCommand {
             now_ms,
             op: Some(op),
@@ -450,13 +651,85 @@ mod tests {
         state.apply(&rules(), &command)
     }
 
-    fn create(state: &mut ClusterState, name: &str, partitions: i32) -> Reply {
+    /// Runs `op` and returns its error code (0 on success).
+    pub(crate) fn code(state: &mut ClusterState, now_ms: u64, op: Op) -> i32 {
+        outcome(&run(state, now_ms, op).0).error_code
+    }
+
+    /// Runs `op`, expects it refused with `expected`, and checks it changed nothing.
+    pub(crate) fn refused(state: &mut ClusterState, now_ms: u64, op: Op, expected: i32) {
+        let before = state.clone();
+        let (reply, changes) = run(state, now_ms, op);
+        assert_eq!(outcome(&reply).error_code, expected, "{reply:?}");
+        assert!(changes.is_empty());
+        assert_eq!(
+            *state, before,
+            "a refused command must not change the state"
+        );
+    }
+
+    pub(crate) fn create(state: &mut ClusterState, name: &str, partitions: i32) -> CommandReply {
         let req = CreateTopicRequest {
             name: name.into(),
             partition_count: partitions,
             ..Default::default()
         };
         run(state, 5, Op::CreateTopic(req)).0
+    }
+
+    pub(crate) fn register_gateway(state: &mut ClusterState, node_id: i32, now_ms: u64) {
+        let register = RegisterGatewayRequest {
+            node_id,
+            kafka_host: "127.0.0.1".into(),
+            kafka_port: 9092,
+            zone: String::new(),
+        };
+        assert_eq!(code(state, now_ms, Op::RegisterGateway(register)), 0);
+    }
+
+    pub(crate) fn register_bookie(state: &mut ClusterState, node_id: i32, now_ms: u64) {
+        let register = RegisterBookieRequest {
+            node_id,
+            grpc_addr: format!("127.0.0.1:{}", 7700 + node_id),
+            zone: String::new(),
+            free_bytes: 1 << 30,
+        };
+        assert_eq!(code(state, now_ms, Op::RegisterBookie(register)), 0);
+    }
+
+    /// A cluster with an id, three bookies and the given gateways, all live at `now_ms`.
+    pub(crate) fn cluster(gateways: &[i32], now_ms: u64) -> ClusterState {
+        let mut state = ClusterState::default();
+        let init = InitCluster {
+            cluster_id: "c".into(),
+        };
+        assert_eq!(code(&mut state, now_ms, Op::InitCluster(init)), 0);
+        for bookie in 1..=3 {
+            register_bookie(&mut state, bookie, now_ms);
+        }
+        for &gateway in gateways {
+            register_gateway(&mut state, gateway, now_ms);
+        }
+        state
+    }
+
+    fn commit(group: &str, topic: &str, partition: u32, offset: i64) -> CommittedOffset {
+        CommittedOffset {
+            group: group.into(),
+            topic: topic.into(),
+            partition,
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+        }
+    }
+
+    fn commit_op(offsets: Vec<CommittedOffset>) -> Op {
+        Op::CommitOffsets(CommitOffsetsRequest { offsets })
+    }
+
+    fn allocate(count: u32) -> Op {
+        Op::AllocateProducerIds(AllocateProducerIdsRequest { count })
     }
 
     #[test]
@@ -468,23 +741,39 @@ mod tests {
             })
         };
         let (_, changes) = run(&mut state, 1, init("first"));
-        assert_eq!(changes.len(), 1);
+        assert!(changes.contains(&Change::Meta(state.meta.clone())));
         let (reply, changes) = run(&mut state, 2, init("second"));
-        assert!(reply.outcome().is_ok());
+        assert!(outcome(&reply).is_ok());
         assert!(changes.is_empty());
         assert_eq!(state.meta.cluster_id, "first");
     }
 
     #[test]
+    fn init_creates_the_coordinator_slots() {
+        let mut state = ClusterState::default();
+        let init = Op::InitCluster(InitCluster {
+            cluster_id: "c".into(),
+        });
+        let (_, changes) = run(&mut state, 1, init);
+        assert_eq!(state.meta.coordinator_slots, DEFAULT_COORDINATOR_SLOTS);
+        assert_eq!(state.slots.len(), DEFAULT_COORDINATOR_SLOTS as usize);
+        assert!(state.slots.values().all(|s| s.owner == NO_OWNER));
+        let slot_changes = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Slot(_)))
+            .count();
+        assert_eq!(slot_changes, DEFAULT_COORDINATOR_SLOTS as usize);
+        let meta_changes = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Meta(_)))
+            .count();
+        assert_eq!(meta_changes, 1);
+    }
+
+    #[test]
     fn gateway_lease_expires_unless_renewed() {
         let mut state = ClusterState::default();
-        let register = RegisterGatewayRequest {
-            node_id: 1,
-            kafka_host: "127.0.0.1".into(),
-            kafka_port: 9092,
-            zone: String::new(),
-        };
-        run(&mut state, 100, Op::RegisterGateway(register));
+        register_gateway(&mut state, 1, 100);
         assert_eq!(state.live_gateways(1_099).count(), 1);
         assert_eq!(state.live_gateways(1_100).count(), 0);
         let (reply, _) = run(
@@ -492,34 +781,53 @@ mod tests {
             1_050,
             Op::GatewayHeartbeat(GatewayHeartbeatRequest { node_id: 1 }),
         );
-        assert_eq!(
-            reply,
-            Reply::Lease {
-                outcome: Outcome::ok(),
-                lease_expires_ms: 2_050
-            }
-        );
+        assert_eq!(reply, lease_reply(2_050));
         assert_eq!(state.live_gateways(2_000).count(), 1);
     }
 
     #[test]
-    fn heartbeat_of_unknown_gateway_is_refused() {
+    fn heartbeat_of_unknown_node_is_refused() {
         let mut state = ClusterState::default();
-        let (reply, changes) = run(
-            &mut state,
-            1,
-            Op::GatewayHeartbeat(GatewayHeartbeatRequest { node_id: 7 }),
-        );
-        assert!(!reply.outcome().is_ok());
-        assert!(changes.is_empty());
+        let heartbeat = Op::GatewayHeartbeat(GatewayHeartbeatRequest { node_id: 7 });
+        refused(&mut state, 1, heartbeat, error_code::INVALID_REQUEST);
+        let heartbeat = Op::BookieHeartbeat(BookieHeartbeatRequest {
+            node_id: 7,
+            free_bytes: 0,
+        });
+        refused(&mut state, 1, heartbeat, error_code::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn deregistered_gateway_is_no_longer_live() {
+        let mut state = cluster(&[1, 2], 100);
+        let deregister = |node_id| Op::DeregisterGateway(DeregisterGatewayRequest { node_id });
+        let (reply, changes) = run(&mut state, 500, deregister(1));
+        assert!(outcome(&reply).is_ok());
+        assert_eq!(reply.lease_expires_ms, 500);
+        assert_eq!(changes, vec![Change::Gateway(state.gateways[&1].clone())]);
+        let live: Vec<i32> = state.live_gateways(500).map(|g| g.node_id).collect();
+        assert_eq!(live, vec![2]);
+        assert!(state.controller_work_pending(500) || state.partitions.is_empty());
+        refused(&mut state, 500, deregister(9), error_code::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn deregistering_never_extends_a_lapsed_lease() {
+        let mut state = cluster(&[1], 100);
+        let lapsed = state.gateways[&1].lease_expires_ms;
+        let deregister = Op::DeregisterGateway(DeregisterGatewayRequest { node_id: 1 });
+        let (reply, _) = run(&mut state, lapsed + 5_000, deregister);
+        assert_eq!(reply.lease_expires_ms, lapsed);
     }
 
     #[test]
     fn create_topic_makes_unowned_partitions() {
         let mut state = ClusterState::default();
-        assert!(create(&mut state, "orders", 4).outcome().is_ok());
+        let reply = create(&mut state, "orders", 4);
+        assert!(outcome(&reply).is_ok());
+        assert_eq!(reply.topic.as_ref().map(|t| t.partition_count), Some(4));
         assert_eq!(state.partitions.len(), 4);
-        assert!(state.partitions.values().all(|p| p.owner == -1));
+        assert!(state.partitions.values().all(|p| p.owner == NO_OWNER));
         assert_eq!(state.topics["orders"].topic_id.len(), 16);
     }
 
@@ -527,7 +835,7 @@ mod tests {
     fn create_topic_errors_are_kafka_codes() {
         let mut state = ClusterState::default();
         create(&mut state, "orders", 1);
-        let code = |r: Reply| r.outcome().error_code;
+        let code = |r: CommandReply| outcome(&r).error_code;
         assert_eq!(
             code(create(&mut state, "orders", 1)),
             error_code::TOPIC_ALREADY_EXISTS
@@ -563,30 +871,34 @@ mod tests {
             ..Default::default()
         };
         let (reply, changes) = run(&mut state, 1, Op::CreateTopic(req));
-        assert!(reply.outcome().is_ok());
+        assert!(outcome(&reply).is_ok());
+        assert!(reply.topic.is_some());
         assert!(changes.is_empty());
         assert!(state.topics.is_empty());
     }
 
     #[test]
-    fn delete_topic_removes_partitions() {
+    fn delete_topic_removes_partitions_and_offsets() {
         let mut state = ClusterState::default();
         create(&mut state, "t", 2);
-        let (reply, _) = run(
+        create(&mut state, "kept", 1);
+        let offsets = vec![commit("g", "t", 1, 5), commit("g", "kept", 0, 7)];
+        assert_eq!(code(&mut state, 1, commit_op(offsets)), 0);
+        let delete = || Op::DeleteTopic(DeleteTopicRequest { name: "t".into() });
+        let (reply, changes) = run(&mut state, 1, delete());
+        assert!(outcome(&reply).is_ok());
+        assert!(changes.contains(&Change::TopicDeleted {
+            name: "t".into(),
+            partition_count: 2
+        }));
+        assert_eq!(state.partitions.len(), 1);
+        let left: Vec<&str> = state.offsets.values().map(|o| o.topic.as_str()).collect();
+        assert_eq!(left, vec!["kept"]);
+        refused(
             &mut state,
             1,
-            Op::DeleteTopic(DeleteTopicRequest { name: "t".into() }),
-        );
-        assert!(reply.outcome().is_ok());
-        assert!(state.partitions.is_empty());
-        let (reply, _) = run(
-            &mut state,
-            1,
-            Op::DeleteTopic(DeleteTopicRequest { name: "t".into() }),
-        );
-        assert_eq!(
-            reply.outcome().error_code,
-            error_code::UNKNOWN_TOPIC_OR_PARTITION
+            delete(),
+            error_code::UNKNOWN_TOPIC_OR_PARTITION,
         );
     }
 
@@ -601,11 +913,148 @@ mod tests {
                 validate_only: false,
             })
         };
-        let (reply, _) = run(&mut state, 1, grow(2));
-        assert_eq!(reply.outcome().error_code, error_code::INVALID_PARTITIONS);
-        let (reply, _) = run(&mut state, 1, grow(5));
-        assert!(reply.outcome().is_ok());
+        refused(&mut state, 1, grow(2), error_code::INVALID_PARTITIONS);
+        assert_eq!(code(&mut state, 1, grow(5)), 0);
         assert_eq!(state.partitions.len(), 5);
         assert_eq!(state.topics["t"].partition_count, 5);
+    }
+
+    #[test]
+    fn empty_command_is_invalid() {
+        let mut state = ClusterState::default();
+        let (reply, changes) = state.apply(&rules(), &MetadataCommand::default());
+        assert_eq!(outcome(&reply).error_code, error_code::INVALID_REQUEST);
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn a_reply_without_outcome_is_not_a_success() {
+        assert!(!outcome(&CommandReply::default()).is_ok());
+        assert!(outcome(&ok_reply()).is_ok());
+    }
+
+    #[test]
+    fn committed_offsets_are_stored_and_read_back_by_group() {
+        let mut state = ClusterState::default();
+        create(&mut state, "a", 2);
+        create(&mut state, "b", 1);
+        let batch = vec![
+            commit("g1", "a", 0, 10),
+            commit("g1", "b", 0, -1),
+            commit("g2", "a", 1, 3),
+            commit("g1", "a", 0, 11),
+        ];
+        let (reply, changes) = run(&mut state, 1, commit_op(batch));
+        assert!(outcome(&reply).is_ok());
+        assert_eq!(changes.len(), 4);
+        assert_eq!(
+            state.committed_offset("g1", "a", 0).map(|o| o.offset),
+            Some(11)
+        );
+        assert_eq!(state.committed_offset("g1", "a", 1), None);
+        let g1: Vec<(&str, u32, i64)> = state
+            .group_offsets("g1")
+            .map(|o| (o.topic.as_str(), o.partition, o.offset))
+            .collect();
+        assert_eq!(g1, vec![("a", 0, 11), ("b", 0, -1)]);
+        assert_eq!(state.group_offsets("g").count(), 0);
+    }
+
+    #[test]
+    fn commit_offsets_is_all_or_nothing() {
+        let mut state = ClusterState::default();
+        create(&mut state, "a", 1);
+        let good = commit("g", "a", 0, 1);
+        let cases = [
+            (commit("", "a", 0, 1), error_code::INVALID_GROUP_ID),
+            (
+                commit("g", "nope", 0, 1),
+                error_code::UNKNOWN_TOPIC_OR_PARTITION,
+            ),
+            (
+                commit("g", "a", 1, 1),
+                error_code::UNKNOWN_TOPIC_OR_PARTITION,
+            ),
+            (commit("g", "a", 0, -2), error_code::INVALID_REQUEST),
+            (
+                CommittedOffset {
+                    metadata: "x".repeat(MAX_OFFSET_METADATA_BYTES + 1),
+                    ..good.clone()
+                },
+                error_code::OFFSET_METADATA_TOO_LARGE,
+            ),
+        ];
+        for (bad, expected) in cases {
+            // The good offset comes first: it must not be kept either.
+            refused(&mut state, 1, commit_op(vec![good.clone(), bad]), expected);
+        }
+        assert!(state.offsets.is_empty());
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut state = ClusterState::default();
+        let mut blocks = Vec::new();
+        for count in [1, 1_000, MAX_PRODUCER_ID_BLOCK, 7] {
+            let (reply, changes) = run(&mut state, 1, allocate(count));
+            assert!(outcome(&reply).is_ok());
+            assert_eq!(reply.producer_id_count, count);
+            assert_eq!(changes, vec![Change::Meta(state.meta.clone())]);
+            blocks.push((reply.first_producer_id, i64::from(count)));
+        }
+        assert_eq!(blocks[0].0, 0, "Kafka producer ids start at 0");
+        for pair in blocks.windows(2) {
+            assert_eq!(pair[0].0 + pair[0].1, pair[1].0);
+        }
+        refused(&mut state, 1, allocate(0), error_code::INVALID_REQUEST);
+        refused(
+            &mut state,
+            1,
+            allocate(MAX_PRODUCER_ID_BLOCK + 1),
+            error_code::INVALID_REQUEST,
+        );
+    }
+
+    #[test]
+    fn exhausted_producer_ids_are_refused() {
+        let mut state = ClusterState::default();
+        state.meta.next_producer_id = i64::MAX - 5;
+        refused(
+            &mut state,
+            1,
+            allocate(10),
+            error_code::UNKNOWN_SERVER_ERROR,
+        );
+        assert_eq!(code(&mut state, 1, allocate(5)), 0);
+    }
+
+    #[test]
+    fn coordinator_slot_follows_java_string_hash_code() {
+        // Java: "".hashCode() == 0, "abc".hashCode() == 96354, "hello" == 99162322.
+        assert_eq!(coordinator_slot_for("", 50), 0);
+        assert_eq!(coordinator_slot_for("abc", 50), 96354 % 50);
+        assert_eq!(coordinator_slot_for("hello", 1000), 99162322 % 1000);
+        // "polygenelubricants".hashCode() == Integer.MIN_VALUE: Kafka maps it to 0.
+        assert_eq!(coordinator_slot_for("polygenelubricants", 7), 0);
+        // Java: "orders-consumer".hashCode() == -1204742690; Kafka takes abs first.
+        assert_eq!(coordinator_slot_for("orders-consumer", 50), 1204742690 % 50);
+        assert_eq!(coordinator_slot_for("orders-consumer", 50), 40);
+        // Non-ASCII hashes UTF-16 code units, as Java does: "é" is U+00E9 = 233.
+        assert_eq!(coordinator_slot_for("é", 1000), 233);
+        assert_eq!(coordinator_slot_for("anything", 0), 0);
+    }
+
+    #[test]
+    fn watch_skips_counters_and_offsets() {
+        assert!(watch_change(Change::Meta(ClusterMeta::default())).is_none());
+        assert!(watch_change(Change::Offset(CommittedOffset::default())).is_none());
+        assert!(matches!(
+            watch_change(Change::Slot(CoordinatorSlot::default())),
+            Some(WatchChange::CoordinatorSlotUpserted(_))
+        ));
+        assert!(matches!(
+            watch_change(Change::Segment(SegmentInfo::default())),
+            Some(WatchChange::SegmentUpserted(_))
+        ));
     }
 }

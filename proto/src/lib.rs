@@ -17,6 +17,11 @@ pub mod bookie {
     tonic::include_proto!("strata.bookie.v1");
 }
 
+/// Raft transport between metadata nodes.
+pub mod raft {
+    tonic::include_proto!("strata.raft.v1");
+}
+
 /// Admin service: operator calls served by metadata nodes.
 pub mod admin {
     include!(concat!(env!("OUT_DIR"), "/admin/strata.admin.v1.rs"));
@@ -30,10 +35,18 @@ pub mod error_code {
     pub const NONE: i32 = 0;
     /// The server hit an unexpected error.
     pub const UNKNOWN_SERVER_ERROR: i32 = -1;
+    /// The requested offset is outside the partition's log.
+    pub const OFFSET_OUT_OF_RANGE: i32 = 1;
     /// The topic or partition does not exist.
     pub const UNKNOWN_TOPIC_OR_PARTITION: i32 = 3;
     /// The caller is not the partition's current owner.
     pub const NOT_LEADER_OR_FOLLOWER: i32 = 6;
+    /// A committed offset's metadata string is longer than allowed.
+    pub const OFFSET_METADATA_TOO_LARGE: i32 = 12;
+    /// No gateway currently coordinates the group.
+    pub const COORDINATOR_NOT_AVAILABLE: i32 = 15;
+    /// The group id is empty or otherwise not legal.
+    pub const INVALID_GROUP_ID: i32 = 24;
     /// A request field is out of range or malformed.
     pub const INVALID_REQUEST: i32 = 42;
     /// The topic name is not legal.
@@ -44,6 +57,10 @@ pub mod error_code {
     pub const INVALID_PARTITIONS: i32 = 37;
     /// A topic config is unknown or its value is not legal.
     pub const INVALID_CONFIG: i32 = 40;
+    /// A storage node failed to read or write.
+    pub const KAFKA_STORAGE_ERROR: i32 = 56;
+    /// The group is not known.
+    pub const GROUP_ID_NOT_FOUND: i32 = 69;
     /// The caller's leader epoch is older than the current one.
     pub const FENCED_LEADER_EPOCH: i32 = 74;
     /// The caller's leader epoch is newer than the current one.

@@ -4,7 +4,10 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use std::time::Duration;
 use strata_metadata::client::MetadataClient;
-use strata_proto::admin::ClusterStatusRequest;
+use strata_proto::admin::{
+    AddMetadataLearnerRequest, ClusterStatusRequest, MembershipResponse,
+    PromoteMetadataNodeRequest, RemoveMetadataNodeRequest,
+};
 use strata_proto::metadata::{
     CreateTopicRequest, DeleteTopicRequest, ListPartitionsRequest, ListTopicsRequest, Outcome,
 };
@@ -33,6 +36,31 @@ pub enum AdminCommand {
     /// Manage topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Change the members of the metadata group.
+    #[command(subcommand)]
+    Metadata(MembersCommand),
+}
+
+/// Membership changes of the metadata raft group.
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Add a running node (started with `--join true`) as a learner; returns once it has caught up.
+    AddLearner {
+        /// The new node's id.
+        node_id: u64,
+        /// The new node's gRPC address, `host:port`.
+        grpc_addr: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner's id.
+        node_id: u64,
+    },
+    /// Remove a voter or learner from the group.
+    Remove {
+        /// The node's id.
+        node_id: u64,
+    },
 }
 
 /// Topic operations.
@@ -71,12 +99,11 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     match args.command {
         AdminCommand::Status => {
             let status = client
-                .admin()
-                .cluster_status(ClusterStatusRequest {})
+                .admin_call(|mut c| async move { c.cluster_status(ClusterStatusRequest {}).await })
                 .await
-                .with_context(unreachable)?
-                .into_inner();
+                .with_context(unreachable)?;
             println!("cluster id     {}", status.cluster_id);
+            println!("answered by    metadata node {}", status.responding_node);
             println!(
                 "raft leader    {} (term {})",
                 status.raft_leader, status.raft_term
@@ -111,6 +138,37 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             println!("topics         {}", status.topic_count);
             println!("partitions     {}", status.partition_count);
+        }
+        AdminCommand::Metadata(command) => {
+            let members = match command {
+                MembersCommand::AddLearner { node_id, grpc_addr } => {
+                    let request = AddMetadataLearnerRequest { node_id, grpc_addr };
+                    client
+                        .admin_call(|mut c| {
+                            let request = request.clone();
+                            async move { c.add_metadata_learner(request).await }
+                        })
+                        .await
+                }
+                MembersCommand::Promote { node_id } => {
+                    client
+                        .admin_call(|mut c| async move {
+                            c.promote_metadata_node(PromoteMetadataNodeRequest { node_id })
+                                .await
+                        })
+                        .await
+                }
+                MembersCommand::Remove { node_id } => {
+                    client
+                        .admin_call(|mut c| async move {
+                            c.remove_metadata_node(RemoveMetadataNodeRequest { node_id })
+                                .await
+                        })
+                        .await
+                }
+            }
+            .context("membership change failed")?;
+            print_members(&members);
         }
         AdminCommand::Topics(TopicsCommand::List) => {
             let topics = client
@@ -201,5 +259,16 @@ fn check(outcome: Option<Outcome>) -> anyhow::Result<()> {
             )
         }
         _ => Ok(()),
+    }
+}
+
+/// Prints the metadata group after a membership change.
+fn print_members(members: &MembershipResponse) {
+    println!("metadata members:");
+    for member in &members.metadata_members {
+        println!(
+            "  {:>4}  {:<8} {}",
+            member.node_id, member.role, member.grpc_addr
+        );
     }
 }

@@ -24,6 +24,15 @@ pub struct MetadataArgs {
     /// Address the gRPC server listens on.
     #[arg(long, env = "STRATA_METADATA_LISTEN_ADDR")]
     pub listen_addr: Option<SocketAddr>,
+    /// Address other metadata nodes and clients reach this node at (default: the listen address).
+    #[arg(long, env = "STRATA_METADATA_ADVERTISED_ADDR")]
+    pub advertised_addr: Option<String>,
+    /// Voters of a new group, comma-separated `ID=HOST:PORT`, this node included.
+    #[arg(long, env = "STRATA_METADATA_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Wait to be added to an existing group instead of forming one.
+    #[arg(long, env = "STRATA_METADATA_JOIN")]
+    pub join: Option<bool>,
     /// Directory of the node's RocksDB database.
     #[arg(long, env = "STRATA_METADATA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -36,9 +45,27 @@ pub struct MetadataArgs {
     /// Partition count of a topic created without one.
     #[arg(long, env = "STRATA_METADATA_DEFAULT_PARTITIONS")]
     pub default_partitions: Option<u32>,
+    /// Number of consumer-group coordinator slots spread over gateways.
+    #[arg(long, env = "STRATA_METADATA_COORDINATOR_SLOTS")]
+    pub coordinator_slots: Option<u32>,
     /// Watch events buffered per watcher before it gets a fresh snapshot instead.
     #[arg(long, env = "STRATA_METADATA_WATCH_BUFFER")]
     pub watch_buffer: Option<usize>,
+    /// Interval of the raft leader's heartbeats (ms).
+    #[arg(long, env = "STRATA_METADATA_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Lower bound of the raft election timeout (ms).
+    #[arg(long, env = "STRATA_METADATA_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the raft election timeout (ms).
+    #[arg(long, env = "STRATA_METADATA_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot after this many log entries.
+    #[arg(long, env = "STRATA_METADATA_SNAPSHOT_AFTER_ENTRIES")]
+    pub snapshot_after_entries: Option<u64>,
+    /// How often the controller checks leases and balance (ms).
+    #[arg(long, env = "STRATA_METADATA_CONTROLLER_INTERVAL_MS")]
+    pub controller_interval_ms: Option<u64>,
 }
 
 impl MetadataArgs {
@@ -47,6 +74,9 @@ impl MetadataArgs {
         let mut config: MetadataConfig = load(self.config.as_deref())?;
         set(&mut config.node_id, self.node_id);
         set(&mut config.listen_addr, self.listen_addr);
+        set(&mut config.advertised_addr, self.advertised_addr.map(Some));
+        set(&mut config.peers, self.peers);
+        set(&mut config.join, self.join);
         set(&mut config.data_dir, self.data_dir);
         set(&mut config.lease_ms, self.lease_ms);
         set(
@@ -54,7 +84,25 @@ impl MetadataArgs {
             self.heartbeat_interval_ms,
         );
         set(&mut config.default_partitions, self.default_partitions);
+        set(&mut config.coordinator_slots, self.coordinator_slots);
         set(&mut config.watch_buffer, self.watch_buffer);
+        set(&mut config.raft_heartbeat_ms, self.raft_heartbeat_ms);
+        set(
+            &mut config.election_timeout_min_ms,
+            self.election_timeout_min_ms,
+        );
+        set(
+            &mut config.election_timeout_max_ms,
+            self.election_timeout_max_ms,
+        );
+        set(
+            &mut config.snapshot_after_entries,
+            self.snapshot_after_entries,
+        );
+        set(
+            &mut config.controller_interval_ms,
+            self.controller_interval_ms,
+        );
         Ok(config)
     }
 }
@@ -157,6 +205,7 @@ pub async fn run_metadata(args: MetadataArgs) -> anyhow::Result<()> {
         return print_toml(&config);
     }
     let shutdown = shutdown::on_signal();
+    config.validate()?;
     let server = MetadataServer::start(config, shutdown).await?;
     println!("metadata  grpc://{}", server.grpc_addr());
     server.wait().await;

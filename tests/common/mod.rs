@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod role;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
