@@ -173,6 +173,19 @@ fn topics_created_with_admin_appear_in_kafka_metadata() {
                     .is_some_and(|t| t.partitions().len() == 3)
             })
     }));
+    // The controller grants every partition to the only gateway, which
+    // librdkafka then sees as each partition's leader.
+    assert!(eventually(Duration::from_secs(20), || {
+        consumer
+            .fetch_metadata(Some("orders"), Duration::from_secs(5))
+            .is_ok_and(|m| {
+                m.topics().first().is_some_and(|t| {
+                    t.partitions()
+                        .iter()
+                        .all(|p| p.leader() == 1 && p.error().is_none())
+                })
+            })
+    }));
 }
 
 #[test]
@@ -204,5 +217,9 @@ fn admin_status_shows_every_role() {
     }));
     let out = String::from_utf8(cluster.admin(&["status"]).stdout).unwrap();
     assert!(out.contains("voter"), "{out}");
+    // The dev cluster's single metadata node leads its raft group.
+    let leader_line = out.lines().find(|l| l.starts_with("raft leader")).unwrap();
+    assert!(leader_line.contains(" 1 (term "), "{out}");
+    assert!(!leader_line.contains("(term 0)"), "{out}");
     assert_eq!(cluster.bookie_addrs.len(), 3);
 }

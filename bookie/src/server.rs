@@ -70,7 +70,8 @@ impl Bookie {
         let client = MetadataClient::connect_lazy(&config.metadata_addrs)?;
         let tasks = TaskTracker::new();
 
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
             .add_service(BookieServiceServer::new(BookieGrpc::new(index)))
             .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());

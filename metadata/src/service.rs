@@ -497,7 +497,8 @@ pub async fn serve(
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let grpc = MetadataGrpc::new(node, shutdown.clone());
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small requests and replies must not wait on delayed ACKs.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(MetadataServiceServer::new(grpc.clone()))
         .add_service(AdminServiceServer::new(grpc))

@@ -1,6 +1,7 @@
 //! The subcommands of `strata` and what they share.
 
 pub mod admin;
+pub mod bench;
 pub mod dev;
 pub mod logging;
 pub mod roles;
@@ -35,6 +36,8 @@ pub enum Command {
     Gateway(roles::GatewayArgs),
     /// Inspect and change a running cluster.
     Admin(admin::AdminArgs),
+    /// Measure a component and report medians (optionally into BENCHMARKS.md).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs one subcommand to completion.
@@ -45,5 +48,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bookie(args) => roles::run_bookie(args).await,
         Command::Gateway(args) => roles::run_gateway(args).await,
         Command::Admin(args) => admin::run(args).await,
+        Command::Bench(args) => bench::run(args, command_line()).await,
     }
+}
+
+/// The command line this process was started with, as a user would type it.
+fn command_line() -> String {
+    let mut words: Vec<String> = std::env::args().skip(1).collect();
+    words.insert(0, "strata".into());
+    words.join(" ")
 }
