@@ -370,3 +370,81 @@ async fn ownership_moves_off_a_dead_gateway_and_fences_its_epoch() {
     // ... and succeeds at the current one.
     assert_eq!(open_segment(open(1, current)).await, 0);
 }
+
+/// Runs `strata admin --metadata-addrs ADDR ARGS...`.
+fn admin(addr: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::strata_bin())
+        .args(["admin", "--metadata-addrs", addr])
+        .args(args)
+        .output()
+        .expect("strata admin runs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_are_added_promoted_and_removed_with_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = |id: u64, extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "metadata".into(),
+            "--node-id".into(),
+            id.to_string(),
+            "--listen-addr".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            dir.path().join(format!("meta-{id}")).display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        RoleProcess::start(
+            &args,
+            &dir.path().join(format!("meta-{id}.log")),
+            "metadata",
+        )
+    };
+    let first = node(1, &[]);
+    let second = node(2, &["--join", "true"]);
+    let first_client = MetadataClient::connect_lazy(std::slice::from_ref(&first.addr)).unwrap();
+    assert_eq!(create_topic(&first_client, "early", 1).await, 0);
+
+    let text = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let added = admin(&first.addr, &["metadata", "add-learner", "2", &second.addr]);
+    assert!(added.status.success(), "{added:?}");
+    assert!(text(&added).contains("learner"), "{}", text(&added));
+    // The learner has the log: it serves reads of what was written before it joined.
+    let second_client = MetadataClient::connect_lazy(std::slice::from_ref(&second.addr)).unwrap();
+    let has_log = common::eventually(Duration::from_secs(10), || {
+        futures_block(topic_names(&second_client)) == ["early"]
+    });
+    assert!(has_log, "the learner caught up");
+
+    // Membership calls work through any member: this one goes to the learner.
+    let promoted = admin(&second.addr, &["metadata", "promote", "2"]);
+    assert!(promoted.status.success(), "{promoted:?}");
+    assert_eq!(
+        text(&promoted).matches("voter").count(),
+        2,
+        "{}",
+        text(&promoted)
+    );
+    let status = text(&admin(&second.addr, &["status"]));
+    assert!(
+        status.contains("answered by    metadata node 2"),
+        "{status}"
+    );
+
+    let unknown = admin(&first.addr, &["metadata", "promote", "7"]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("not a member"),
+        "{unknown:?}"
+    );
+
+    let removed = admin(&first.addr, &["metadata", "remove", "2"]);
+    assert!(removed.status.success(), "{removed:?}");
+    assert_eq!(
+        text(&removed).matches("voter").count(),
+        1,
+        "{}",
+        text(&removed)
+    );
+    assert_eq!(create_topic(&first_client, "late", 1).await, 0);
+}

@@ -7,8 +7,10 @@
 
 pub mod config;
 pub mod index;
+pub mod ledger;
 pub mod server;
 pub mod service;
+pub mod storage;
 
 pub use config::BookieConfig;
 pub use server::Bookie;

@@ -5,8 +5,8 @@ use clap::{Args, Subcommand};
 use std::time::Duration;
 use strata_metadata::client::MetadataClient;
 use strata_proto::admin::{
-    AddMetadataLearnerRequest, ClusterStatusRequest, MembershipResponse,
-    PromoteMetadataNodeRequest, RemoveMetadataNodeRequest,
+    AddMetadataLearnerRequest, ClusterStatusRequest, MetadataMember, PromoteMetadataNodeRequest,
+    RemoveMetadataNodeRequest,
 };
 use strata_proto::metadata::{
     CreateTopicRequest, DeleteTopicRequest, ListPartitionsRequest, ListTopicsRequest, Outcome,
@@ -109,13 +109,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 status.raft_leader, status.raft_term
             );
             println!("last applied   {}", status.last_applied);
-            println!("metadata members:");
-            for member in &status.metadata_members {
-                println!(
-                    "  {:>4}  {:<8} {}",
-                    member.node_id, member.role, member.grpc_addr
-                );
-            }
+            print_members(&status.metadata_members);
             println!("gateways:");
             for g in &status.gateways {
                 let state = liveness(g.lease_expires_ms, status.now_ms);
@@ -168,7 +162,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 }
             }
             .context("membership change failed")?;
-            print_members(&members);
+            print_members(&members.metadata_members);
         }
         AdminCommand::Topics(TopicsCommand::List) => {
             let topics = client
@@ -262,10 +256,10 @@ fn check(outcome: Option<Outcome>) -> anyhow::Result<()> {
     }
 }
 
-/// Prints the metadata group after a membership change.
-fn print_members(members: &MembershipResponse) {
+/// Prints the members of the metadata group.
+fn print_members(members: &[MetadataMember]) {
     println!("metadata members:");
-    for member in &members.metadata_members {
+    for member in members {
         println!(
             "  {:>4}  {:<8} {}",
             member.node_id, member.role, member.grpc_addr
