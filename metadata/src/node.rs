@@ -50,6 +50,12 @@ pub enum NodeError {
     /// No leader could be reached in time: the caller may retry.
     #[error("metadata group has no reachable leader: {0}")]
     Unavailable(String),
+    /// The leader did not answer a forwarded request: it may or may not have
+    /// been applied, so it is not retried.
+    #[error(
+        "the metadata leader did not answer; the request may or may not have been applied: {0}"
+    )]
+    Indeterminate(String),
     /// The leader refused a membership change.
     #[error("refused: {0}")]
     Refused(String),
@@ -78,6 +84,7 @@ pub struct RaftStatus {
 /// A metadata node: a raft member that applies commands and serves their results.
 pub struct MetadataNode {
     config: MetadataConfig,
+    rules: StateRules,
     raft: MetadataRaft,
     shared: Arc<SharedState>,
 }
@@ -102,7 +109,7 @@ impl MetadataNode {
             default_partitions: config.default_partitions,
             coordinator_slots: config.coordinator_slots,
         };
-        let state_machine = StateMachine::open(store, rules, config.watch_buffer)?;
+        let state_machine = StateMachine::open(store, rules.clone(), config.watch_buffer)?;
         let shared = state_machine.shared();
         let log_store = LogStore::new(db);
         let pristine = log_store
@@ -150,6 +157,7 @@ impl MetadataNode {
         }
         Ok(Arc::new(Self {
             config,
+            rules,
             raft,
             shared,
         }))
@@ -190,15 +198,22 @@ impl MetadataNode {
     /// Proposes a command to the group and returns the state machine's reply,
     /// forwarding to the leader when this node is not it.
     pub async fn propose(&self, op: Op) -> Result<CommandReply, NodeError> {
-        let command = MetadataCommand {
-            now_ms: crate::now_ms(),
-            op: Some(op),
-        };
+        let command = self.command(crate::now_ms(), op);
         match self.submit(LeaderRequest::Write(Prost(command))).await? {
             LeaderReply::Written(reply) => Ok(reply.0),
             LeaderReply::MembershipChanged => Err(NodeError::Stopped(
                 "leader answered a write with a membership reply".into(),
             )),
+        }
+    }
+
+    /// A command stamped with the time and this node's rules, so that every
+    /// replica applies it the same way.
+    fn command(&self, now_ms: u64, op: Op) -> MetadataCommand {
+        MetadataCommand {
+            now_ms,
+            rules: Some((&self.rules).into()),
+            op: Some(op),
         }
     }
 
@@ -237,6 +252,9 @@ impl MetadataNode {
             match attempt {
                 Ok(reply) => return Ok(reply),
                 Err(ForwardError::Refused(message)) => return Err(NodeError::Refused(message)),
+                Err(ForwardError::Indeterminate(message)) => {
+                    return Err(NodeError::Indeterminate(message))
+                }
                 Err(ForwardError::Fatal(message)) if leader == Some(self.config.node_id) => {
                     return Err(NodeError::Stopped(message))
                 }
@@ -276,7 +294,13 @@ impl MetadataNode {
             .await
             .map_err(|status| {
                 tracing::debug!(%status, leader_id, "forwarding to the metadata leader failed");
-                ForwardError::NotLeader
+                if status.code() == tonic::Code::Unavailable {
+                    // Not delivered: the leader is gone or unreachable.
+                    ForwardError::NotLeader
+                } else {
+                    // Perhaps delivered and applied: trying again could apply it twice.
+                    ForwardError::Indeterminate(status.message().to_string())
+                }
             })?;
         decode::<Result<LeaderReply, ForwardError>>(&reply.into_inner().data)
             .map_err(|e| ForwardError::Fatal(e.to_string()))?
@@ -407,10 +431,7 @@ impl MetadataNode {
                 }
             };
             let Some(op) = op else { continue };
-            let command = MetadataCommand {
-                now_ms,
-                op: Some(op),
-            };
+            let command = self.command(now_ms, op);
             if let Err(error) = self.lead(LeaderRequest::Write(Prost(command))).await {
                 tracing::debug!(%error, "controller command not applied");
             }

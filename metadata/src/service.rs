@@ -56,6 +56,8 @@ fn node_status(error: NodeError) -> Status {
             Status::unavailable(error.to_string())
         }
         NodeError::Refused(message) => Status::failed_precondition(message),
+        // Not `Unavailable`: clients must not retry what may have been applied.
+        NodeError::Indeterminate(_) => Status::deadline_exceeded(error.to_string()),
         error => {
             tracing::error!(%error, "metadata command failed");
             Status::internal(error.to_string())

@@ -20,9 +20,9 @@ use strata_proto::error_code;
 use strata_proto::metadata::metadata_command::Op;
 use strata_proto::metadata::watch_event::Change as WatchChange;
 use strata_proto::metadata::{
-    BookieInfo, ClusterMeta, ClusterSnapshot, CommandReply, CommittedOffset, CoordinatorSlot,
-    CreateTopicRequest, GatewayInfo, MetadataCommand, Outcome, PartitionInfo, SegmentInfo,
-    TopicInfo,
+    BookieInfo, ClusterMeta, ClusterSnapshot, CommandReply, CommandRules, CommittedOffset,
+    CoordinatorSlot, CreateTopicRequest, GatewayInfo, MetadataCommand, Outcome, PartitionInfo,
+    SegmentInfo, TopicInfo,
 };
 
 /// Most partitions one topic may have.
@@ -48,6 +48,26 @@ pub struct StateRules {
     /// Coordinator slots of a new cluster (clamped to `1..=MAX_COORDINATOR_SLOTS`);
     /// fixed in [`ClusterMeta`] once the cluster has them.
     pub coordinator_slots: u32,
+}
+
+impl From<&CommandRules> for StateRules {
+    fn from(rules: &CommandRules) -> Self {
+        Self {
+            lease_ms: rules.lease_ms,
+            default_partitions: rules.default_partitions,
+            coordinator_slots: rules.coordinator_slots,
+        }
+    }
+}
+
+impl From<&StateRules> for CommandRules {
+    fn from(rules: &StateRules) -> Self {
+        Self {
+            lease_ms: rules.lease_ms,
+            default_partitions: rules.default_partitions,
+            coordinator_slots: rules.coordinator_slots,
+        }
+    }
 }
 
 /// One entity changed by a command, to persist and to publish.
@@ -647,6 +667,7 @@ pub(crate) mod tests {
         let command = MetadataCommand {
             now_ms,
             op: Some(op),
+            rules: None,
         };
         state.apply(&rules(), &command)
     }

@@ -156,8 +156,9 @@ impl MetadataStore {
         Ok(pairs)
     }
 
-    /// Replaces the whole state with `pairs` (from [`Self::export`]) in one synced batch.
-    pub fn replace_all(&self, pairs: &StatePairs) -> Result<(), StoreError> {
+    /// Replaces the whole state with `pairs` (from [`Self::export`]) and keeps
+    /// `snapshot` as the current snapshot, in one synced batch.
+    pub fn replace_all(&self, pairs: &StatePairs, snapshot: &[u8]) -> Result<(), StoreError> {
         let cf = self.cf();
         let mut batch = WriteBatch::default();
         let mut last = Vec::new();
@@ -171,6 +172,7 @@ impl MetadataStore {
         for (key, value) in pairs {
             batch.put_cf(cf, key, value);
         }
+        batch.put_cf(self.raft_meta_cf(), KEY_SNAPSHOT, snapshot);
         let mut options = WriteOptions::default();
         options.set_sync(true);
         self.db.write_opt(batch, &options)?;
@@ -371,6 +373,7 @@ mod tests {
         let command = MetadataCommand {
             now_ms: 100,
             op: Some(op),
+            rules: None,
         };
         let (reply, changes) = state.apply(&rules(), &command);
         assert!(outcome(&reply).is_ok(), "{reply:?}");

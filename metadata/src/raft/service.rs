@@ -50,6 +50,9 @@ pub enum ForwardError {
     /// The receiver is not (or no longer) the leader; the sender should look again.
     #[error("not the metadata leader")]
     NotLeader,
+    /// The leader may or may not have carried out the request; the sender must not retry it.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
     /// The request was refused, with the reason.
     #[error("{0}")]
     Refused(String),

@@ -3,6 +3,9 @@
 //! applied entry, publishes the changes to watchers, and builds and installs
 //! snapshots.
 
+// Openraft's traits fix the error type; its size is theirs to choose.
+#![allow(clippy::result_large_err)]
+
 use super::wire::{decode, encode, Prost};
 use super::{storage_error, LogEntry, LogId, StorageError, StoredMembership, TypeConfig};
 use crate::state::{watch_change, ClusterState, StateRules};
@@ -73,6 +76,8 @@ pub struct StateMachine {
     store: Arc<MetadataStore>,
     rules: StateRules,
     shared: Arc<SharedState>,
+    /// Orders saving a built snapshot against installing one from the leader.
+    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachine {
@@ -103,6 +108,7 @@ impl StateMachine {
             store,
             rules,
             shared,
+            snapshot_lock: Arc::default(),
         })
     }
 
@@ -122,6 +128,29 @@ impl StateMachine {
 /// Builds snapshots from the store's current contents.
 pub struct SnapshotBuilder {
     store: Arc<MetadataStore>,
+    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl StoredSnapshot {
+    fn into_snapshot(self) -> Snapshot<TypeConfig> {
+        Snapshot {
+            meta: self.meta,
+            snapshot: Box::new(Cursor::new(self.data)),
+        }
+    }
+}
+
+/// The node's current snapshot, decoded.
+fn current_snapshot(store: &MetadataStore) -> Result<Option<StoredSnapshot>, StorageError> {
+    let Some(bytes) = store
+        .snapshot()
+        .map_err(|e| storage_error(ErrorVerb::Read, &e))?
+    else {
+        return Ok(None);
+    };
+    decode(&bytes)
+        .map(Some)
+        .map_err(|e| storage_error(ErrorVerb::Read, &e))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -147,6 +176,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let stored = StoredSnapshot { meta, data };
         let bytes = encode(&stored).map_err(|e| storage_error(ErrorVerb::Write, &e))?;
+        // A snapshot installed from the leader while this one was built may be
+        // newer: keep that one.
+        let _saving = self.snapshot_lock.lock().await;
+        if let Some(current) = current_snapshot(&self.store)? {
+            if current.meta.last_log_id > stored.meta.last_log_id {
+                return Ok(current.into_snapshot());
+            }
+        }
         self.store
             .save_snapshot(&bytes)
             .map_err(|e| storage_error(ErrorVerb::Write, &e))?;
@@ -184,7 +221,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match entry.payload {
                 EntryPayload::Blank => replies.push(Self::reply_ok()),
                 EntryPayload::Normal(Prost(command)) => {
-                    let (reply, entry_changes) = applied.state.apply(&self.rules, &command);
+                    let rules = command
+                        .rules
+                        .as_ref()
+                        .map(StateRules::from)
+                        .unwrap_or_else(|| self.rules.clone());
+                    let (reply, entry_changes) = applied.state.apply(&rules, &command);
                     events.extend(entry_changes.iter().cloned().filter_map(|change| {
                         watch_change(change).map(|change| WatchEvent {
                             revision: entry.log_id.index,
@@ -222,6 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             store: self.store.clone(),
+            snapshot_lock: self.snapshot_lock.clone(),
         }
     }
 
@@ -237,9 +280,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let pairs: crate::store::StatePairs =
             decode(&data).map_err(|e| storage_error(ErrorVerb::Read, &e))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let bytes = encode(&stored).map_err(|e| storage_error(ErrorVerb::Write, &e))?;
+        let _saving = self.snapshot_lock.lock().await;
         let mut applied = self.shared.applied.write().await;
         self.store
-            .replace_all(&pairs)
+            .replace_all(&pairs, &bytes)
             .map_err(|e| storage_error(ErrorVerb::Write, &e))?;
         let (state, revision) = self
             .store
@@ -251,14 +300,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        let bytes = encode(&stored).map_err(|e| storage_error(ErrorVerb::Write, &e))?;
-        self.store
-            .save_snapshot(&bytes)
-            .map_err(|e| storage_error(ErrorVerb::Write, &e))?;
         tracing::info!(snapshot = %meta.snapshot_id, "installed metadata snapshot from the leader");
         // Watchers start over from the new state.
         let _ = self.shared.events.send(snapshot_event(&applied));
@@ -266,18 +307,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(bytes) = self
-            .store
-            .snapshot()
-            .map_err(|e| storage_error(ErrorVerb::Read, &e))?
-        else {
-            return Ok(None);
-        };
-        let stored: StoredSnapshot =
-            decode(&bytes).map_err(|e| storage_error(ErrorVerb::Read, &e))?;
-        Ok(Some(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        Ok(current_snapshot(&self.store)?.map(StoredSnapshot::into_snapshot))
     }
 }

@@ -51,6 +51,7 @@ mod tests {
     fn commands_round_trip_through_bincode() {
         let command = Prost(MetadataCommand {
             now_ms: 42,
+            rules: None,
             op: Some(Op::DeleteTopic(DeleteTopicRequest { name: "t".into() })),
         });
         let bytes = encode(&command).unwrap();

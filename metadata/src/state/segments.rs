@@ -214,6 +214,21 @@ fn check_next_base(
     }
 }
 
+/// Whether `segment` is the open segment that `req` would create, so that
+/// applying the same open twice does not fail the second time.
+fn is_same_open_segment(
+    segment: &SegmentInfo,
+    req: &OpenSegmentRequest,
+    writer_epoch: u32,
+) -> bool {
+    matches!(segment.state, Some(State::Open(_)))
+        && segment.writer_epoch == writer_epoch
+        && segment.base_offset == req.base_offset
+        && segment.ensemble == req.ensemble
+        && segment.write_quorum == req.write_quorum
+        && segment.ack_quorum == req.ack_quorum
+}
+
 impl ClusterState {
     /// Opens a partition's next segment for its owner; the reply carries it.
     pub(super) fn open_segment(&mut self, req: &OpenSegmentRequest) -> Checked {
@@ -221,7 +236,16 @@ impl ClusterState {
         check_owner(partition, req.owner, req.leader_epoch)?;
         let writer_epoch = partition.leader_epoch;
         self.check_ensemble(&req.ensemble, req.write_quorum, req.ack_quorum)?;
-        check_next_base(self.segments.last_live(&req.topic, req.partition), req)?;
+        let last = self.segments.last_live(&req.topic, req.partition);
+        if let Some(open) = last.filter(|last| is_same_open_segment(last, req, writer_epoch)) {
+            // The same request applied again (a retried proposal): the same answer.
+            let reply = CommandReply {
+                segment: Some(open.clone()),
+                ..ok_reply()
+            };
+            return Ok((reply, Vec::new()));
+        }
+        check_next_base(last, req)?;
         // Ids start at 1, so that 0 never names a segment.
         let segment_id = self.meta.next_segment_id.max(1);
         self.meta.next_segment_id = segment_id + 1;
@@ -540,6 +564,28 @@ mod tests {
     }
 
     #[test]
+    fn the_same_open_applied_twice_answers_the_same_segment() {
+        let mut state = owned();
+        let first = opened(&mut state, 1, 1, 0);
+        let (reply, changes) = run(&mut state, 100, open(1, 1, 0));
+        assert!(outcome(&reply).is_ok(), "{reply:?}");
+        assert_eq!(reply.segment.unwrap().segment_id, first);
+        assert!(changes.is_empty());
+        // A different open while that one is open is still refused.
+        let other = OpenSegmentRequest {
+            ensemble: vec![1, 2],
+            write_quorum: 2,
+            ..open_req(1, 1, 0)
+        };
+        refused(
+            &mut state,
+            100,
+            Op::OpenSegment(other),
+            error_code::INVALID_REQUEST,
+        );
+    }
+
+    #[test]
     fn only_the_owner_at_the_current_epoch_opens() {
         let mut state = owned();
         refused(
@@ -617,7 +663,7 @@ mod tests {
         let mut state = owned();
         refused(&mut state, 100, open(1, 1, -1), error_code::INVALID_REQUEST);
         let first = opened(&mut state, 1, 1, 42);
-        let (reply, _) = run(&mut state, 100, open(1, 1, 42));
+        let (reply, _) = run(&mut state, 100, open(1, 1, 43));
         assert_eq!(outcome(&reply).error_code, error_code::INVALID_REQUEST);
         assert!(outcome(&reply).error_message.contains("still open"));
         assert_eq!(code(&mut state, 100, seal(first, 1, 1, 50)), 0);
