@@ -265,7 +265,7 @@ async fn ownership_moves_off_a_dead_gateway_and_fences_its_epoch() {
         "--listen-addr",
         "127.0.0.1:0",
         "--lease-ms",
-        "2000",
+        "3000",
         "--heartbeat-interval-ms",
         "200",
         "--controller-interval-ms",
@@ -369,6 +369,25 @@ async fn ownership_moves_off_a_dead_gateway_and_fences_its_epoch() {
     );
     // ... and succeeds at the current one.
     assert_eq!(open_segment(open(1, current)).await, 0);
+
+    // A gateway that stops cleanly gives its partitions up at once, without
+    // waiting for its lease to lapse.
+    let mut gw3 = gateway(3);
+    let shared = common::eventually(Duration::from_secs(10), || {
+        count_owned(&futures_block(owners(&client, "orders")), 3) == 3
+    });
+    assert!(shared, "a third gateway takes its share");
+    gw3.stop();
+    let stopped_at = Instant::now();
+    let returned = common::eventually(Duration::from_secs(10), || {
+        count_owned(&futures_block(owners(&client, "orders")), 1) == 6
+    });
+    assert!(returned, "the stopped gateway's partitions move");
+    assert!(
+        stopped_at.elapsed() < Duration::from_millis(3000),
+        "moved before the 3 s lease could lapse: {:?}",
+        stopped_at.elapsed()
+    );
 }
 
 /// Runs `strata admin --metadata-addrs ADDR ARGS...`.

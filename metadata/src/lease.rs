@@ -3,8 +3,8 @@
 use crate::client::{ClientError, MetadataClient};
 use std::time::Duration;
 use strata_proto::metadata::{
-    BookieHeartbeatRequest, GatewayHeartbeatRequest, Outcome, RegisterBookieRequest,
-    RegisterGatewayRequest,
+    BookieHeartbeatRequest, DeregisterGatewayRequest, GatewayHeartbeatRequest, Outcome,
+    RegisterBookieRequest, RegisterGatewayRequest,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -90,40 +90,74 @@ impl Registration {
     }
 }
 
+/// How long a stopping gateway spends telling metadata it is leaving.
+const DEREGISTER_BUDGET: Duration = Duration::from_secs(1);
+
 /// Registers, then heartbeats at the interval metadata asks for, registering
-/// again whenever metadata no longer knows the node, until `shutdown`.
+/// again whenever metadata no longer knows the node, until `shutdown`; a
+/// gateway then gives up its lease so its partitions move at once.
 pub async fn keep_registered(
     client: MetadataClient,
     registration: Registration,
     shutdown: CancellationToken,
 ) {
+    heartbeat_until_shutdown(&client, &registration, &shutdown).await;
+    if let Registration::Gateway(req) = &registration {
+        deregister_gateway(&client, req.node_id).await;
+    }
+}
+
+/// Best effort, bounded: if metadata is unreachable the lease lapses instead.
+async fn deregister_gateway(client: &MetadataClient, node_id: i32) {
+    let client = client.clone().with_retry_for(DEREGISTER_BUDGET / 2);
+    let request = DeregisterGatewayRequest { node_id };
+    let call = client.call(|mut c| async move { c.deregister_gateway(request).await });
+    match tokio::time::timeout(DEREGISTER_BUDGET, call).await {
+        Ok(Ok(reply)) if reply.outcome.as_ref().is_some_and(|o| o.is_ok()) => {
+            tracing::info!(node_id, "gave up the gateway lease");
+        }
+        Ok(Ok(reply)) => {
+            tracing::warn!(node_id, outcome = ?reply.outcome, "metadata refused to deregister")
+        }
+        Ok(Err(error)) => {
+            tracing::info!(node_id, %error, "could not deregister; the lease will lapse")
+        }
+        Err(_) => tracing::info!(node_id, "deregistering timed out; the lease will lapse"),
+    }
+}
+
+async fn heartbeat_until_shutdown(
+    client: &MetadataClient,
+    registration: &Registration,
+    shutdown: &CancellationToken,
+) {
     let (kind, node_id) = registration.node();
     'register: loop {
-        let interval = match registration.register(&client).await {
+        let interval = match registration.register(client).await {
             Ok((outcome, interval_ms)) if outcome.is_ok() => {
                 tracing::info!(kind, node_id, "registered with metadata");
                 Duration::from_millis(interval_ms).max(MIN_HEARTBEAT)
             }
             Ok((outcome, _)) => {
                 tracing::error!(kind, node_id, ?outcome, "metadata refused the registration");
-                if sleep_or_stop(&shutdown, REGISTER_RETRY).await {
+                if sleep_or_stop(shutdown, REGISTER_RETRY).await {
                     return;
                 }
                 continue;
             }
             Err(error) => {
                 tracing::warn!(kind, node_id, %error, "registration failed; retrying");
-                if sleep_or_stop(&shutdown, REGISTER_RETRY).await {
+                if sleep_or_stop(shutdown, REGISTER_RETRY).await {
                     return;
                 }
                 continue;
             }
         };
         loop {
-            if sleep_or_stop(&shutdown, interval).await {
+            if sleep_or_stop(shutdown, interval).await {
                 return;
             }
-            match registration.heartbeat(&client).await {
+            match registration.heartbeat(client).await {
                 Ok(outcome) if outcome.is_ok() => {}
                 Ok(outcome) => {
                     tracing::warn!(
