@@ -85,7 +85,10 @@ fn api_versions_advertises_exactly_what_is_implemented() {
         advertised,
         vec![
             (ApiKey::Metadata as i16, 0, 12),
-            (ApiKey::ApiVersions as i16, 0, 4)
+            (ApiKey::ApiVersions as i16, 0, 4),
+            (ApiKey::CreateTopics as i16, 2, 7),
+            (ApiKey::DeleteTopics as i16, 1, 6),
+            (ApiKey::CreatePartitions as i16, 0, 3),
         ]
     );
 }

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod connection;
 pub mod handlers;
+pub mod log;
 pub mod server;
 
 pub use config::GatewayConfig;

@@ -70,7 +70,7 @@ impl Gateway {
             zone: config.zone.clone(),
         };
         tasks.spawn(keep_registered(
-            client,
+            client.clone(),
             Registration::Gateway(registration),
             shutdown.clone(),
         ));
@@ -80,6 +80,7 @@ impl Gateway {
             advertised_host,
             advertised_port,
             cache.clone(),
+            client,
         ));
         tasks.spawn(accept_loop(
             listener,

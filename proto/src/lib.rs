@@ -37,6 +37,18 @@ pub mod error_code {
     pub const UNKNOWN_SERVER_ERROR: i32 = -1;
     /// The requested offset is outside the partition's log.
     pub const OFFSET_OUT_OF_RANGE: i32 = 1;
+    /// A record batch failed its CRC or its framing is broken.
+    pub const CORRUPT_MESSAGE: i32 = 2;
+    /// The producer used a compression codec the broker does not know.
+    pub const UNSUPPORTED_COMPRESSION_TYPE: i32 = 76;
+    /// A record batch is well formed but not acceptable (format, count).
+    pub const INVALID_RECORD: i32 = 87;
+    /// The request could not be completed in time; the client may retry.
+    pub const REQUEST_TIMED_OUT: i32 = 7;
+    /// A topic's replication factor is out of range.
+    pub const INVALID_REPLICATION_FACTOR: i32 = 38;
+    /// No topic has the given topic id.
+    pub const UNKNOWN_TOPIC_ID: i32 = 100;
     /// The topic or partition does not exist.
     pub const UNKNOWN_TOPIC_OR_PARTITION: i32 = 3;
     /// The caller is not the partition's current owner.

@@ -41,7 +41,7 @@ impl DevCluster {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--kafka-addr", "127.0.0.1:0", "--grpc-base-port", "0"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

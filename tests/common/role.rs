@@ -36,7 +36,7 @@ impl RoleProcess {
             .expect("log file opens");
         let mut child = Command::new(strata_bin())
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()

@@ -3,17 +3,24 @@
 
 mod api_versions;
 mod metadata;
+mod topics;
 
 use crate::config::GatewayConfig;
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use strata_metadata::cache::ClusterCache;
+use strata_metadata::client::MetadataClient;
 
 /// The Kafka APIs this gateway implements, with the versions it accepts.
 /// ApiVersions advertises exactly this table.
-pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] =
-    &[(ApiKey::ApiVersions, 0, 4), (ApiKey::Metadata, 0, 12)];
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreatePartitions, 0, 3),
+];
 
 /// The versions of `api_key` this gateway accepts, if it implements it.
 pub fn supported_versions(api_key: ApiKey) -> Option<(i16, i16)> {
@@ -23,12 +30,14 @@ pub fn supported_versions(api_key: ApiKey) -> Option<(i16, i16)> {
         .map(|(_, min, max)| (*min, *max))
 }
 
-/// What every handler may read: this gateway's identity and the cluster cache.
+/// What every handler may use: this gateway's identity, the cluster cache,
+/// and the metadata client for the few requests that change cluster state.
 pub struct Gatekeeper {
     config: GatewayConfig,
     advertised_host: String,
     advertised_port: u16,
     cache: ClusterCache,
+    client: MetadataClient,
 }
 
 impl Gatekeeper {
@@ -38,13 +47,20 @@ impl Gatekeeper {
         advertised_host: String,
         advertised_port: u16,
         cache: ClusterCache,
+        client: MetadataClient,
     ) -> Self {
         Self {
             config,
             advertised_host,
             advertised_port,
             cache,
+            client,
         }
+    }
+
+    /// The metadata client, for topic administration (never on produce or fetch).
+    pub fn client(&self) -> &MetadataClient {
+        &self.client
     }
 
     /// The gateway's configuration.
@@ -134,6 +150,21 @@ pub async fn handle(
         ApiKey::Metadata => {
             let request = decode(&mut frame, version).map_err(malformed)?;
             let body = metadata::handle(gatekeeper, request, version);
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::CreateTopics => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = topics::create_topics(gatekeeper, request, version).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::DeleteTopics => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = topics::delete_topics(gatekeeper, request).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::CreatePartitions => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = topics::create_partitions(gatekeeper, request).await;
             encode(api, version, header.correlation_id, &body).map(Some)
         }
         other => Err(RequestError::Unsupported {

@@ -1,0 +1,4 @@
+//! The partition log as the gateway sees it: record batches checked and
+//! placed at their offsets.
+
+pub mod batch;
