@@ -6,7 +6,6 @@
 //! client that gateways use for quorum writes, reads, fencing and recovery.
 
 pub mod config;
-pub mod index;
 pub mod ledger;
 pub mod server;
 pub mod service;

@@ -1,19 +1,26 @@
-//! The bookie process: opens its storage, serves gRPC, and keeps its
-//! registration with metadata alive.
+//! The bookie process: opens its storage, serves gRPC, runs checkpoints and
+//! garbage collection, and keeps its registration with metadata alive.
 
 use crate::config::BookieConfig;
-use crate::index::{BookieIndex, IndexError};
 use crate::service::BookieGrpc;
+use crate::storage::gc::{GarbageCollector, SegmentFate};
+use crate::storage::{free_bytes, maintenance, Storage, StorageError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+use strata_metadata::cache::ClusterCache;
 use strata_metadata::client::{ClientError, MetadataClient};
 use strata_metadata::lease::{keep_registered, Registration};
 use strata_proto::bookie::bookie_service_server::BookieServiceServer;
+use strata_proto::metadata::segment_info::State;
 use strata_proto::metadata::RegisterBookieRequest;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Room for the fields around an entry in one gRPC message.
+const MESSAGE_OVERHEAD_BYTES: u64 = 64 * 1024;
 
 /// Errors that stop a bookie from starting.
 #[derive(Debug, thiserror::Error)]
@@ -26,9 +33,9 @@ pub enum BookieError {
         /// Why.
         source: std::io::Error,
     },
-    /// The index could not be opened.
-    #[error("cannot open bookie index: {0}")]
-    Index(#[from] IndexError),
+    /// The storage (journal, entry logs, index) could not be opened.
+    #[error("cannot open bookie storage: {0}")]
+    Storage(#[from] StorageError),
     /// The gRPC listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -45,11 +52,13 @@ pub enum BookieError {
 /// A running bookie; its tasks stop when the shutdown token is cancelled.
 pub struct Bookie {
     grpc_addr: SocketAddr,
+    storage: Arc<Storage>,
     tasks: TaskTracker,
 }
 
 impl Bookie {
-    /// Opens storage, binds the gRPC listener and starts every task of the bookie.
+    /// Opens storage (replaying its journal), binds the gRPC listener and
+    /// starts every task of the bookie.
     pub async fn start(
         config: BookieConfig,
         shutdown: CancellationToken,
@@ -58,7 +67,13 @@ impl Bookie {
             path: config.data_dir.clone(),
             source,
         })?;
-        let index = Arc::new(BookieIndex::open(&config.data_dir.join("index"))?);
+        let storage = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || Storage::open(&config))
+                .await
+                .map_err(|e| StorageError::Failed(format!("storage open panicked: {e}")))??
+        };
+        let storage = Arc::new(storage);
         let bind_error = |source| BookieError::Bind {
             addr: config.listen_addr,
             source,
@@ -69,18 +84,56 @@ impl Bookie {
         let grpc_addr = listener.local_addr().map_err(bind_error)?;
         let client = MetadataClient::connect_lazy(&config.metadata_addrs)?;
         let tasks = TaskTracker::new();
+        let cache = ClusterCache::new();
+        tasks.spawn(cache.clone().run(client.clone(), shutdown.clone()));
 
+        let service = BookieServiceServer::new(BookieGrpc::new(
+            Arc::clone(&storage),
+            tasks.clone(),
+            shutdown.clone(),
+        ))
+        .max_decoding_message_size(message_limit(config.max_entry_bytes))
+        .max_encoding_message_size(message_limit(
+            config.max_read_bytes.max(config.max_entry_bytes),
+        ));
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
-            .add_service(BookieServiceServer::new(BookieGrpc::new(index)))
+            .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
         let node_id = config.node_id;
+        let closing = Arc::clone(&storage);
         tasks.spawn(async move {
             if let Err(error) = server.await {
                 tracing::error!(node_id, %error, "bookie gRPC server failed");
             }
+            // No more requests: let the queued changes land and checkpoint.
+            match tokio::task::spawn_blocking(move || closing.close()).await {
+                Ok(Ok(())) => tracing::info!(node_id, "bookie storage closed"),
+                Ok(Err(error)) => tracing::error!(node_id, %error, "bookie storage close failed"),
+                Err(error) => tracing::error!(node_id, %error, "bookie storage close panicked"),
+            }
         });
+
+        let millis = Duration::from_millis;
+        tasks.spawn(maintenance::run_checkpoints(
+            Arc::clone(&storage),
+            millis(config.checkpoint_interval_ms),
+            shutdown.clone(),
+        ));
+        tasks.spawn(maintenance::watch_free_space(
+            Arc::clone(&storage),
+            millis(config.disk_check_interval_ms),
+            shutdown.clone(),
+        ));
+        let gc_cache = cache.clone();
+        tasks.spawn(maintenance::run_gc(
+            Arc::clone(&storage),
+            GarbageCollector::new(&config),
+            move |segment_id| segment_fate(&gc_cache, segment_id),
+            millis(config.gc_interval_ms),
+            shutdown.clone(),
+        ));
 
         let data_dir = config.data_dir.clone();
         let registration = RegisterBookieRequest {
@@ -93,14 +146,26 @@ impl Bookie {
             free_bytes: 0,
         };
         let probe = Box::new(move || free_bytes(&data_dir));
-        tasks.spawn(keep_registered(
+        let registered = keep_registered(
             client,
             Registration::Bookie(registration, probe),
-            shutdown,
-        ));
+            shutdown.clone(),
+        );
+        // A bookie has no lease to give up: stop at once, even while a
+        // registration with unreachable metadata is still retrying.
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = registered => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
         tasks.close();
         tracing::info!(node_id, %grpc_addr, "bookie serving");
-        Ok(Self { grpc_addr, tasks })
+        Ok(Self {
+            grpc_addr,
+            storage,
+            tasks,
+        })
     }
 
     /// The address the gRPC server is bound to.
@@ -108,15 +173,34 @@ impl Bookie {
         self.grpc_addr
     }
 
-    /// Waits until every task of the bookie has stopped (after shutdown).
+    /// The bookie's storage engine (for its counters, and for tests).
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Waits until every task of the bookie has stopped (after shutdown) and
+    /// its storage is closed.
     pub async fn wait(self) {
         self.tasks.wait().await;
     }
 }
 
-/// Bytes available to this bookie on the filesystem of `dir`; 0 if unknown.
-fn free_bytes(dir: &std::path::Path) -> u64 {
-    rustix::fs::statvfs(dir)
-        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-        .unwrap_or(0)
+/// Largest gRPC message for payloads of up to `bytes`.
+fn message_limit(bytes: u64) -> usize {
+    usize::try_from(bytes.saturating_add(MESSAGE_OVERHEAD_BYTES)).unwrap_or(usize::MAX)
+}
+
+/// What the metadata cache says of a segment: nothing is condemned before
+/// the cache holds a snapshot, nor when metadata does not know the segment.
+fn segment_fate(cache: &ClusterCache, segment_id: u64) -> SegmentFate {
+    cache.read(|state| {
+        if state.cluster_id.is_empty() {
+            return SegmentFate::Keep;
+        }
+        match state.segment(segment_id).and_then(|s| s.state.as_ref()) {
+            Some(State::Deleted(_)) => SegmentFate::Deleted,
+            Some(State::Offloaded(_)) => SegmentFate::Offloaded,
+            _ => SegmentFate::Keep,
+        }
+    })
 }

@@ -5,6 +5,7 @@ use super::shutdown;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use strata_bookie::config::JournalSync;
 use strata_bookie::{Bookie, BookieConfig};
 use strata_gateway::{Gateway, GatewayConfig};
 use strata_metadata::{MetadataConfig, MetadataServer};
@@ -134,6 +135,48 @@ pub struct BookieArgs {
     /// Metadata node addresses, comma-separated `host:port`.
     #[arg(long, env = "STRATA_BOOKIE_METADATA_ADDRS", value_delimiter = ',')]
     pub metadata_addrs: Option<Vec<String>>,
+    /// Journal sync policy: `always` (fdatasync before acknowledging) or `never-unsafe` (tests and benchmarks only).
+    #[arg(long, env = "STRATA_BOOKIE_JOURNAL_SYNC")]
+    pub journal_sync: Option<JournalSync>,
+    /// Most bytes one group commit writes and syncs at once.
+    #[arg(long, env = "STRATA_BOOKIE_JOURNAL_MAX_BATCH_BYTES")]
+    pub journal_max_batch_bytes: Option<u64>,
+    /// Longest time (µs) a group commit keeps gathering adds that keep arriving.
+    #[arg(long, env = "STRATA_BOOKIE_JOURNAL_MAX_WAIT_US")]
+    pub journal_max_wait_us: Option<u64>,
+    /// Size at which a journal file is closed and a new one started.
+    #[arg(long, env = "STRATA_BOOKIE_JOURNAL_FILE_BYTES")]
+    pub journal_file_bytes: Option<u64>,
+    /// Size at which an entry-log file is closed and a new one started.
+    #[arg(long, env = "STRATA_BOOKIE_ENTRY_LOG_FILE_BYTES")]
+    pub entry_log_file_bytes: Option<u64>,
+    /// Largest entry payload accepted, in bytes.
+    #[arg(long, env = "STRATA_BOOKIE_MAX_ENTRY_BYTES")]
+    pub max_entry_bytes: Option<u64>,
+    /// Most payload bytes one read returns (at least one entry).
+    #[arg(long, env = "STRATA_BOOKIE_MAX_READ_BYTES")]
+    pub max_read_bytes: Option<u64>,
+    /// Most bytes of adds accepted but not yet durable; further adds wait.
+    #[arg(long, env = "STRATA_BOOKIE_MAX_PENDING_ADD_BYTES")]
+    pub max_pending_add_bytes: Option<u64>,
+    /// How often (ms) entry logs and the index are synced and the journal trimmed.
+    #[arg(long, env = "STRATA_BOOKIE_CHECKPOINT_INTERVAL_MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// How often (ms) garbage collection and compaction run.
+    #[arg(long, env = "STRATA_BOOKIE_GC_INTERVAL_MS")]
+    pub gc_interval_ms: Option<u64>,
+    /// How long (ms) an offloaded segment is kept after this bookie first sees it offloaded.
+    #[arg(long, env = "STRATA_BOOKIE_GC_OFFLOADED_GRACE_MS")]
+    pub gc_offloaded_grace_ms: Option<u64>,
+    /// Entry logs with a smaller live fraction than this are compacted.
+    #[arg(long, env = "STRATA_BOOKIE_COMPACTION_LIVE_RATIO")]
+    pub compaction_live_ratio: Option<f64>,
+    /// Below this many free bytes on the data disk, adds are refused.
+    #[arg(long, env = "STRATA_BOOKIE_MIN_FREE_BYTES")]
+    pub min_free_bytes: Option<u64>,
+    /// How often (ms) the data disk's free space is measured.
+    #[arg(long, env = "STRATA_BOOKIE_DISK_CHECK_INTERVAL_MS")]
+    pub disk_check_interval_ms: Option<u64>,
 }
 
 impl BookieArgs {
@@ -146,6 +189,38 @@ impl BookieArgs {
         set(&mut config.zone, self.zone);
         set(&mut config.data_dir, self.data_dir);
         set(&mut config.metadata_addrs, self.metadata_addrs);
+        set(&mut config.journal_sync, self.journal_sync);
+        set(
+            &mut config.journal_max_batch_bytes,
+            self.journal_max_batch_bytes,
+        );
+        set(&mut config.journal_max_wait_us, self.journal_max_wait_us);
+        set(&mut config.journal_file_bytes, self.journal_file_bytes);
+        set(&mut config.entry_log_file_bytes, self.entry_log_file_bytes);
+        set(&mut config.max_entry_bytes, self.max_entry_bytes);
+        set(&mut config.max_read_bytes, self.max_read_bytes);
+        set(
+            &mut config.max_pending_add_bytes,
+            self.max_pending_add_bytes,
+        );
+        set(
+            &mut config.checkpoint_interval_ms,
+            self.checkpoint_interval_ms,
+        );
+        set(&mut config.gc_interval_ms, self.gc_interval_ms);
+        set(
+            &mut config.gc_offloaded_grace_ms,
+            self.gc_offloaded_grace_ms,
+        );
+        set(
+            &mut config.compaction_live_ratio,
+            self.compaction_live_ratio,
+        );
+        set(&mut config.min_free_bytes, self.min_free_bytes);
+        set(
+            &mut config.disk_check_interval_ms,
+            self.disk_check_interval_ms,
+        );
         Ok(config)
     }
 }
