@@ -1,6 +1,7 @@
 //! `strata bench`: measurements of real components, written to BENCHMARKS.md
 //! with the command that produced them.
 
+mod bookie;
 mod metadata;
 mod report;
 
@@ -22,12 +23,15 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// The metadata group: topic creation, offset commits, state-machine size.
     Metadata(metadata::MetadataBenchArgs),
+    /// One bookie: adds/s, MB/s and fsyncs per add through the ledger client.
+    Bookie(bookie::BookieBenchArgs),
 }
 
 /// Runs one benchmark, prints its report, and writes it if asked.
 pub async fn run(args: BenchArgs, command_line: String) -> anyhow::Result<()> {
     let section = match args.command {
         BenchCommand::Metadata(bench) => metadata::run(bench).await?,
+        BenchCommand::Bookie(bench) => bookie::run(bench).await?,
     };
     let text = section.render(&command_line);
     print!("{text}");
