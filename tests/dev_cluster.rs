@@ -84,6 +84,9 @@ fn api_versions_advertises_exactly_what_is_implemented() {
     assert_eq!(
         advertised,
         vec![
+            (ApiKey::Produce as i16, 3, 9),
+            (ApiKey::Fetch as i16, 4, 12),
+            (ApiKey::ListOffsets as i16, 1, 7),
             (ApiKey::Metadata as i16, 0, 12),
             (ApiKey::ApiVersions as i16, 0, 4),
             (ApiKey::CreateTopics as i16, 2, 7),

@@ -1,7 +1,9 @@
 //! Configuration of one gateway.
 
+use crate::partition::LogOptions;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use strata_bookie::ledger::LedgerOptions;
 
 /// Everything a gateway needs to start.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -21,6 +23,29 @@ pub struct GatewayConfig {
     pub metadata_addrs: Vec<String>,
     /// Largest Kafka request frame accepted; a longer one closes the connection.
     pub max_frame_bytes: usize,
+    /// Bookies per segment this gateway opens (E).
+    pub ensemble_size: usize,
+    /// Bookies that store each entry (Qw).
+    pub write_quorum: usize,
+    /// Bookie acks that confirm an entry (Qa).
+    pub ack_quorum: usize,
+    /// Bytes of each served partition's newest batches kept in memory, so that
+    /// tailing consumers are served without reading bookies.
+    pub recent_bytes_per_partition: usize,
+    /// How the gateway talks to bookies (in-flight bytes, timeouts).
+    pub ledger: LedgerOptions,
+}
+
+impl GatewayConfig {
+    /// The segment layout and memory bounds of the partitions this gateway serves.
+    pub fn log_options(&self) -> LogOptions {
+        LogOptions {
+            ensemble_size: self.ensemble_size,
+            write_quorum: self.write_quorum,
+            ack_quorum: self.ack_quorum,
+            recent_bytes_per_partition: self.recent_bytes_per_partition,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -33,6 +58,11 @@ impl Default for GatewayConfig {
             zone: String::new(),
             metadata_addrs: vec!["127.0.0.1:7600".into()],
             max_frame_bytes: 100 * 1024 * 1024,
+            ensemble_size: 3,
+            write_quorum: 3,
+            ack_quorum: 2,
+            recent_bytes_per_partition: 4 * 1024 * 1024,
+            ledger: LedgerOptions::default(),
         }
     }
 }

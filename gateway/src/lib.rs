@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod handlers;
 pub mod log;
+pub mod partition;
 pub mod server;
 
 pub use config::GatewayConfig;

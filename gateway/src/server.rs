@@ -4,8 +4,10 @@
 use crate::config::GatewayConfig;
 use crate::connection::serve_connection;
 use crate::handlers::Gatekeeper;
+use crate::partition::Partitions;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use strata_bookie::ledger::BookiePool;
 use strata_metadata::cache::ClusterCache;
 use strata_metadata::client::{ClientError, MetadataClient};
 use strata_metadata::lease::{keep_registered, Registration};
@@ -75,12 +77,21 @@ impl Gateway {
             shutdown.clone(),
         ));
 
+        let partitions = Partitions::new(
+            config.node_id,
+            cache.clone(),
+            client.clone(),
+            BookiePool::new(config.ledger.clone()),
+            config.log_options(),
+        );
+        tasks.spawn(partitions.clone().run(shutdown.clone()));
         let gatekeeper = Arc::new(Gatekeeper::new(
             config,
             advertised_host,
             advertised_port,
             cache.clone(),
             client,
+            partitions,
         ));
         tasks.spawn(accept_loop(
             listener,

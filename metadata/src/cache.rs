@@ -174,6 +174,11 @@ impl ClusterCache {
         f(&state)
     }
 
+    /// A receiver that sees every change of the cached state.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
     /// Waits until the cached state satisfies `ready`, or `timeout` passes.
     /// Returns whether it became ready.
     pub async fn wait_for(

@@ -49,6 +49,10 @@ pub mod error_code {
     pub const INVALID_REPLICATION_FACTOR: i32 = 38;
     /// No topic has the given topic id.
     pub const UNKNOWN_TOPIC_ID: i32 = 100;
+    /// Too few replicas are available to confirm the write; the producer retries.
+    pub const NOT_ENOUGH_REPLICAS: i32 = 19;
+    /// The request (or a part of it, such as transactions) is not supported.
+    pub const UNSUPPORTED_VERSION: i32 = 35;
     /// The topic or partition does not exist.
     pub const UNKNOWN_TOPIC_OR_PARTITION: i32 = 3;
     /// The caller is not the partition's current owner.

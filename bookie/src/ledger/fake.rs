@@ -1,7 +1,26 @@
 //! A fake bookie for the ledger client's tests: an in-memory `BookieService`
-//! served over real tonic gRPC on loopback, with the real bookie's rules for
-//! fencing, sealing and reads, that can be told to refuse adds, swallow acks,
-//! or die.
+//! served over real tonic gRPC on loopback, answering as the real bookie
+//! (`crate::service` over `crate::storage`) does, by the rules documented in
+//! `bookie.proto`, and that can be told to refuse adds, swallow acks, or die.
+//!
+//! The rules it keeps, as the real bookie does:
+//! - adds: malformed ones are `INVALID_REQUEST`; an epoch below the fence is
+//!   `FENCED`; an entry already held is acked without writing (on a sealed
+//!   segment only for recovery adds), else a sealed segment is `SEALED`; an
+//!   add of an unknown segment creates it; the piggybacked LAC only grows;
+//! - reads: unknown segment `NO_SUCH_SEGMENT`; a start past what may be read
+//!   (the LAC, the sealed end, or for recovery the last entry held) is OK with
+//!   no entries and the LAC; a start within it that is not held is
+//!   `NO_SUCH_ENTRY`; entries stop before a gap; `max_bytes = 0` means the
+//!   bookie's `max_read_bytes`, which also caps larger values;
+//! - fence: epoch 0 is `INVALID_REQUEST`; below the fence `FENCED`; an unknown
+//!   segment is created, fenced and empty;
+//! - seal: below the fence `FENCED`; again at the same end OK, at another
+//!   `SEALED`; an unknown segment is created, sealed;
+//! - `ReadLac` reports a sealed segment's end as its LAC; deleting an unknown
+//!   segment is OK.
+//!
+//! Refusals carry the LAC the bookie knows (-1 if none) as the real one does.
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -13,6 +32,9 @@ use strata_proto::bookie::*;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+
+/// The real bookie's default `max_entry_bytes` and `max_read_bytes`.
+const DEFAULT_MAX_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What the fake does with an add it would accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +51,8 @@ pub(crate) enum AckMode {
 #[derive(Debug, Clone)]
 pub(crate) struct FakeSegment {
     pub entries: BTreeMap<i64, Entry>,
+    /// Base offset -> entry id, as the real bookie's offset index keeps them.
+    offsets: BTreeMap<i64, i64>,
     pub last_add_confirmed: i64,
     pub fenced_epoch: u32,
     pub sealed: Option<i64>,
@@ -38,6 +62,7 @@ impl Default for FakeSegment {
     fn default() -> Self {
         Self {
             entries: BTreeMap::new(),
+            offsets: BTreeMap::new(),
             last_add_confirmed: -1,
             fenced_epoch: 0,
             sealed: None,
@@ -61,12 +86,36 @@ impl FakeSegment {
             None => self.last_add_confirmed,
         }
     }
+
+    /// Stores an entry (again), keeping the offset index as the real one does.
+    fn store(&mut self, entry: Entry) {
+        let (entry_id, base_offset) = (entry.entry_id, entry.base_offset);
+        if let Some(old) = self.entries.insert(entry_id, entry) {
+            if old.base_offset != base_offset {
+                self.offsets.remove(&old.base_offset);
+            }
+        }
+        self.offsets.insert(base_offset, entry_id);
+    }
+
+    fn summary(&self, segment_id: u64) -> SegmentSummary {
+        SegmentSummary {
+            segment_id,
+            last_add_confirmed: self.visible_lac(),
+            last_entry_id: self.last_entry_id(),
+            sealed: self.sealed.is_some(),
+            fenced_epoch: self.fenced_epoch,
+            bytes: self.entries.values().map(|e| e.payload.len() as u64).sum(),
+        }
+    }
 }
 
 struct FakeState {
     segments: HashMap<u64, FakeSegment>,
     ack_mode: AckMode,
     add_failure: Option<BookieStatus>,
+    max_entry_bytes: u64,
+    max_read_bytes: u64,
 }
 
 #[derive(Clone)]
@@ -93,6 +142,8 @@ impl FakeBookie {
                 segments: HashMap::new(),
                 ack_mode: AckMode::Normal,
                 add_failure: None,
+                max_entry_bytes: DEFAULT_MAX_BYTES,
+                max_read_bytes: DEFAULT_MAX_BYTES,
             })),
             killed: CancellationToken::new(),
         };
@@ -125,6 +176,12 @@ impl FakeBookie {
         self.service.lock().add_failure = status;
     }
 
+    /// Sets the most payload bytes one read returns (the bookie's
+    /// `max_read_bytes`, 4 MiB by default).
+    pub fn set_max_read_bytes(&self, bytes: u64) {
+        self.service.lock().max_read_bytes = bytes;
+    }
+
     /// A copy of segment `segment_id`'s state, if the fake knows it.
     pub fn segment(&self, segment_id: u64) -> Option<FakeSegment> {
         self.service.lock().segments.get(&segment_id).cloned()
@@ -137,22 +194,28 @@ impl FakeBookie {
             .unwrap_or_default()
     }
 
-    /// Stores an entry directly, as if an add had landed.
+    /// Stores an entry directly, as if an add had landed (the LAC is left alone).
     pub fn plant(&self, segment_id: u64, entry_id: i64, base_offset: i64, payload: &'static [u8]) {
         self.service
             .lock()
             .segments
             .entry(segment_id)
             .or_default()
-            .entries
-            .insert(
+            .store(Entry {
                 entry_id,
-                Entry {
-                    entry_id,
-                    base_offset,
-                    payload: Bytes::from_static(payload),
-                },
-            );
+                base_offset,
+                payload: Bytes::from_static(payload),
+            });
+    }
+
+    /// Sets the LAC the fake knows of `segment_id`, as if an add had carried it.
+    pub fn set_last_add_confirmed(&self, segment_id: u64, last_add_confirmed: i64) {
+        self.service
+            .lock()
+            .segments
+            .entry(segment_id)
+            .or_default()
+            .last_add_confirmed = last_add_confirmed;
     }
 }
 
@@ -161,6 +224,45 @@ impl Drop for FakeBookie {
         self.kill();
     }
 }
+
+/// Why a malformed add is refused, as the real bookie checks it.
+fn malformed_add(add: &AddRequest, max_entry_bytes: u64) -> Option<String> {
+    if add.entry_id < 0 {
+        Some(format!("entry_id {} is negative", add.entry_id))
+    } else if add.base_offset < 0 {
+        Some(format!("base_offset {} is negative", add.base_offset))
+    } else if add.last_add_confirmed < -1 {
+        Some(format!(
+            "last_add_confirmed {} is below -1",
+            add.last_add_confirmed
+        ))
+    } else if add.payload.len() as u64 > max_entry_bytes {
+        Some(format!(
+            "entry of {} bytes is larger than max_entry_bytes {max_entry_bytes}",
+            add.payload.len()
+        ))
+    } else {
+        None
+    }
+}
+
+fn fenced_message(segment_id: u64, fenced_epoch: u32, epoch: u32) -> String {
+    format!(
+        "segment {segment_id} is fenced at epoch {fenced_epoch}; requests of epoch {epoch} are \
+         refused"
+    )
+}
+
+fn sealed_message(segment_id: u64, last_entry_id: i64) -> String {
+    format!("segment {segment_id} is sealed at entry {last_entry_id}")
+}
+
+fn no_such_segment_message(segment_id: u64) -> String {
+    format!("segment {segment_id} is not on this bookie")
+}
+
+/// A refused read: the status and why.
+struct ReadRefusal(BookieStatus, String);
 
 impl FakeService {
     fn lock(&self) -> MutexGuard<'_, FakeState> {
@@ -178,45 +280,133 @@ impl FakeService {
     /// The answer to one add, or `None` if the ack is to be lost.
     fn add(&self, request: AddRequest) -> Option<AddResponse> {
         let mut state = self.lock();
-        let answer = |status: BookieStatus| {
+        let segment_id = request.segment_id;
+        let answer = |status: BookieStatus, message: String| {
             Some(AddResponse {
-                segment_id: request.segment_id,
+                segment_id,
                 entry_id: request.entry_id,
                 status: status as i32,
-                message: String::new(),
+                message,
             })
         };
         if let Some(status) = state.add_failure {
-            return answer(status);
+            return answer(status, "injected failure".into());
         }
         let mode = state.ack_mode;
         if mode == AckMode::Swallow {
             return None;
         }
-        let segment = state.segments.entry(request.segment_id).or_default();
-        if request.writer_epoch < segment.fenced_epoch {
-            return answer(BookieStatus::BookieFenced);
+        if let Some(why) = malformed_add(&request, state.max_entry_bytes) {
+            return answer(
+                BookieStatus::BookieInvalidRequest,
+                format!("invalid request: {why}"),
+            );
         }
-        let held = segment.entries.contains_key(&request.entry_id);
-        if held && (segment.sealed.is_none() || request.recovery) {
-            return answer(BookieStatus::BookieOk);
+        if let Some(segment) = state.segments.get(&segment_id) {
+            if request.writer_epoch < segment.fenced_epoch {
+                return answer(
+                    BookieStatus::BookieFenced,
+                    fenced_message(segment_id, segment.fenced_epoch, request.writer_epoch),
+                );
+            }
+            let held = segment.entries.contains_key(&request.entry_id);
+            if held && (segment.sealed.is_none() || request.recovery) {
+                // Acked without writing: the LAC it carries is not taken.
+                return answer(BookieStatus::BookieOk, String::new());
+            }
+            if let Some(last) = segment.sealed {
+                return answer(BookieStatus::BookieSealed, sealed_message(segment_id, last));
+            }
         }
-        if segment.sealed.is_some() {
-            return answer(BookieStatus::BookieSealed);
-        }
-        segment.entries.insert(
-            request.entry_id,
-            Entry {
-                entry_id: request.entry_id,
-                base_offset: request.base_offset,
-                payload: request.payload.clone(),
-            },
-        );
+        // An add of a segment the bookie does not know creates it.
+        let segment = state.segments.entry(segment_id).or_default();
+        segment.store(Entry {
+            entry_id: request.entry_id,
+            base_offset: request.base_offset,
+            payload: request.payload.clone(),
+        });
         segment.last_add_confirmed = segment.last_add_confirmed.max(request.last_add_confirmed);
         match mode {
             AckMode::StoreSilently => None,
-            _ => answer(BookieStatus::BookieOk),
+            _ => answer(BookieStatus::BookieOk, String::new()),
         }
+    }
+
+    /// Serves a read as the real bookie's storage does.
+    fn read(
+        segment: &FakeSegment,
+        request: &ReadEntriesRequest,
+        max_read_bytes: u64,
+    ) -> Result<Vec<Entry>, ReadRefusal> {
+        let segment_id = request.segment_id;
+        let invalid = |why: String| {
+            ReadRefusal(
+                BookieStatus::BookieInvalidRequest,
+                format!("invalid request: {why}"),
+            )
+        };
+        let readable_end = segment.readable_end(request.recovery);
+        let end = match request.last_entry_id {
+            -1 => readable_end,
+            last if last >= 0 => last.min(readable_end),
+            last => return Err(invalid(format!("last_entry_id {last} is below -1"))),
+        };
+        let first = match request.start {
+            Some(Start::FirstEntryId(first)) if first >= 0 => first,
+            Some(Start::KafkaOffset(offset)) if offset >= 0 => {
+                match segment.offsets.range(..=offset).next_back() {
+                    Some((_, &entry_id)) => entry_id,
+                    None => {
+                        return Err(ReadRefusal(
+                            BookieStatus::BookieNoSuchEntry,
+                            format!(
+                                "no entry of segment {segment_id} on this bookie holds offset \
+                                 {offset}"
+                            ),
+                        ))
+                    }
+                }
+            }
+            Some(Start::FirstEntryId(first)) => {
+                return Err(invalid(format!("first_entry_id {first} is negative")))
+            }
+            Some(Start::KafkaOffset(offset)) => {
+                return Err(invalid(format!("kafka_offset {offset} is negative")))
+            }
+            None => {
+                return Err(invalid(
+                    "a read needs first_entry_id or kafka_offset".into(),
+                ))
+            }
+        };
+        let budget = match u64::from(request.max_bytes) {
+            0 => max_read_bytes,
+            asked => asked.min(max_read_bytes),
+        };
+        let mut entries = Vec::new();
+        if first > end {
+            return Ok(entries);
+        }
+        let mut bytes = 0u64;
+        for (expected, (&entry_id, entry)) in (first..).zip(segment.entries.range(first..)) {
+            // Stop at the end, or at a gap: the entries returned are consecutive.
+            if entry_id != expected || entry_id > end {
+                break;
+            }
+            let len = entry.payload.len() as u64;
+            if !entries.is_empty() && bytes + len > budget {
+                break;
+            }
+            bytes += len;
+            entries.push(entry.clone());
+        }
+        if entries.is_empty() {
+            return Err(ReadRefusal(
+                BookieStatus::BookieNoSuchEntry,
+                format!("entry {first} of segment {segment_id} is not on this bookie"),
+            ));
+        }
+        Ok(entries)
     }
 }
 
@@ -265,56 +455,21 @@ impl BookieService for FakeService {
         self.alive()?;
         let request = request.into_inner();
         let state = self.lock();
-        let refuse = |status: BookieStatus| {
-            Ok(Response::new(ReadEntriesResponse {
-                status: status as i32,
-                ..Default::default()
-            }))
-        };
         let Some(segment) = state.segments.get(&request.segment_id) else {
-            return refuse(BookieStatus::BookieNoSuchSegment);
+            return Ok(Response::new(ReadEntriesResponse {
+                status: BookieStatus::BookieNoSuchSegment as i32,
+                message: no_such_segment_message(request.segment_id),
+                entries: Vec::new(),
+                last_add_confirmed: -1,
+            }));
         };
-        let first = match request.start {
-            Some(Start::FirstEntryId(first)) => first,
-            Some(Start::KafkaOffset(offset)) => {
-                match segment
-                    .entries
-                    .values()
-                    .rev()
-                    .find(|e| e.base_offset <= offset)
-                {
-                    Some(entry) => entry.entry_id,
-                    None => return refuse(BookieStatus::BookieNoSuchEntry),
-                }
-            }
-            None => return refuse(BookieStatus::BookieInvalidRequest),
+        let (status, message, entries) = match Self::read(segment, &request, state.max_read_bytes) {
+            Ok(entries) => (BookieStatus::BookieOk, String::new(), entries),
+            Err(ReadRefusal(status, message)) => (status, message, Vec::new()),
         };
-        if !segment.entries.contains_key(&first) {
-            return refuse(BookieStatus::BookieNoSuchEntry);
-        }
-        let end = segment.readable_end(request.recovery);
-        let last = if request.last_entry_id < 0 {
-            end
-        } else {
-            request.last_entry_id.min(end)
-        };
-        let mut entries = Vec::new();
-        let mut bytes = 0usize;
-        let mut next = first;
-        while next <= last {
-            let Some(entry) = segment.entries.get(&next) else {
-                break;
-            };
-            if !entries.is_empty() && bytes + entry.payload.len() > request.max_bytes as usize {
-                break;
-            }
-            bytes += entry.payload.len();
-            entries.push(entry.clone());
-            next += 1;
-        }
         Ok(Response::new(ReadEntriesResponse {
-            status: BookieStatus::BookieOk as i32,
-            message: String::new(),
+            status: status as i32,
+            message,
             entries,
             last_add_confirmed: segment.visible_lac(),
         }))
@@ -325,20 +480,26 @@ impl BookieService for FakeService {
         request: Request<ReadLacRequest>,
     ) -> Result<Response<ReadLacResponse>, Status> {
         self.alive()?;
+        let segment_id = request.get_ref().segment_id;
         let state = self.lock();
-        let Some(segment) = state.segments.get(&request.get_ref().segment_id) else {
+        let Some(segment) = state.segments.get(&segment_id) else {
             return Ok(Response::new(ReadLacResponse {
                 status: BookieStatus::BookieNoSuchSegment as i32,
-                ..Default::default()
+                message: no_such_segment_message(segment_id),
+                last_add_confirmed: -1,
+                last_entry_id: -1,
+                sealed: false,
+                fenced_epoch: 0,
             }));
         };
+        let summary = segment.summary(segment_id);
         Ok(Response::new(ReadLacResponse {
             status: BookieStatus::BookieOk as i32,
             message: String::new(),
-            last_add_confirmed: segment.visible_lac(),
-            last_entry_id: segment.last_entry_id(),
-            sealed: segment.sealed.is_some(),
-            fenced_epoch: segment.fenced_epoch,
+            last_add_confirmed: summary.last_add_confirmed,
+            last_entry_id: summary.last_entry_id,
+            sealed: summary.sealed,
+            fenced_epoch: summary.fenced_epoch,
         }))
     }
 
@@ -347,16 +508,31 @@ impl BookieService for FakeService {
         request: Request<FenceRequest>,
     ) -> Result<Response<FenceResponse>, Status> {
         self.alive()?;
-        let request = request.into_inner();
-        let mut state = self.lock();
-        let segment = state.segments.entry(request.segment_id).or_default();
-        if request.epoch < segment.fenced_epoch {
-            return Ok(Response::new(FenceResponse {
-                status: BookieStatus::BookieFenced as i32,
-                ..Default::default()
-            }));
+        let FenceRequest { segment_id, epoch } = request.into_inner();
+        let refuse = |status: BookieStatus, message: String| {
+            Ok(Response::new(FenceResponse {
+                status: status as i32,
+                message,
+                last_add_confirmed: -1,
+                last_entry_id: -1,
+            }))
+        };
+        if epoch == 0 {
+            return refuse(
+                BookieStatus::BookieInvalidRequest,
+                "invalid request: fence epochs start at 1".into(),
+            );
         }
-        segment.fenced_epoch = request.epoch;
+        let mut state = self.lock();
+        // A segment the bookie never saw is created, fenced and empty.
+        let segment = state.segments.entry(segment_id).or_default();
+        if epoch < segment.fenced_epoch {
+            return refuse(
+                BookieStatus::BookieFenced,
+                fenced_message(segment_id, segment.fenced_epoch, epoch),
+            );
+        }
+        segment.fenced_epoch = epoch;
         Ok(Response::new(FenceResponse {
             status: BookieStatus::BookieOk as i32,
             message: String::new(),
@@ -367,23 +543,37 @@ impl BookieService for FakeService {
 
     async fn seal(&self, request: Request<SealRequest>) -> Result<Response<SealResponse>, Status> {
         self.alive()?;
-        let request = request.into_inner();
-        let mut state = self.lock();
-        let segment = state.segments.entry(request.segment_id).or_default();
-        let status = if request.epoch < segment.fenced_epoch {
-            BookieStatus::BookieFenced
-        } else if segment
-            .sealed
-            .is_some_and(|end| end != request.last_entry_id)
-        {
-            BookieStatus::BookieSealed
+        let SealRequest {
+            segment_id,
+            epoch,
+            last_entry_id,
+        } = request.into_inner();
+        let (status, message) = if last_entry_id < -1 {
+            (
+                BookieStatus::BookieInvalidRequest,
+                format!("invalid request: last_entry_id {last_entry_id} is below -1"),
+            )
         } else {
-            segment.sealed = Some(request.last_entry_id);
-            BookieStatus::BookieOk
+            let mut state = self.lock();
+            // A segment the bookie never saw is created, sealed.
+            let segment = state.segments.entry(segment_id).or_default();
+            match segment.sealed {
+                _ if epoch < segment.fenced_epoch => (
+                    BookieStatus::BookieFenced,
+                    fenced_message(segment_id, segment.fenced_epoch, epoch),
+                ),
+                Some(end) if end != last_entry_id => {
+                    (BookieStatus::BookieSealed, sealed_message(segment_id, end))
+                }
+                _ => {
+                    segment.sealed = Some(last_entry_id);
+                    (BookieStatus::BookieOk, String::new())
+                }
+            }
         };
         Ok(Response::new(SealResponse {
             status: status as i32,
-            message: String::new(),
+            message,
         }))
     }
 
@@ -392,8 +582,12 @@ impl BookieService for FakeService {
         request: Request<DeleteSegmentRequest>,
     ) -> Result<Response<DeleteSegmentResponse>, Status> {
         self.alive()?;
+        // OK whether or not the bookie holds the segment.
         self.lock().segments.remove(&request.get_ref().segment_id);
-        Ok(Response::new(DeleteSegmentResponse::default()))
+        Ok(Response::new(DeleteSegmentResponse {
+            status: BookieStatus::BookieOk as i32,
+            message: String::new(),
+        }))
     }
 
     async fn list_segments(
@@ -401,6 +595,13 @@ impl BookieService for FakeService {
         _request: Request<ListSegmentsRequest>,
     ) -> Result<Response<ListSegmentsResponse>, Status> {
         self.alive()?;
-        Ok(Response::new(ListSegmentsResponse::default()))
+        let state = self.lock();
+        let mut segments: Vec<SegmentSummary> = state
+            .segments
+            .iter()
+            .map(|(&segment_id, segment)| segment.summary(segment_id))
+            .collect();
+        segments.sort_unstable_by_key(|s| s.segment_id);
+        Ok(Response::new(ListSegmentsResponse { segments }))
     }
 }

@@ -4,7 +4,11 @@
 //! Nothing is verified here beyond status codes: bookies check CRCs. A bookie
 //! serves entries up to the LAC it knows (which rides on later adds, so the
 //! newest confirmed entry becomes readable with the next add) or up to its
-//! sealed end.
+//! sealed end. Asked for a start past that, it answers OK with no entries and
+//! its LAC; asked for one within it that it lacks, `BOOKIE_NO_SUCH_ENTRY`.
+//! Replicas' LACs differ (a bookie the writer dropped keeps an old one for
+//! good), so an empty answer sends the read on to the next replica too, and
+//! the read is empty only if no replica of the write set can serve it.
 
 use super::error::LedgerError;
 use super::pool::{describe, status_of, BookiePool};
@@ -71,12 +75,14 @@ impl LedgerReader {
 
     /// Reads entries `first_entry_id ..= last_entry_id` (`-1`: up to what the
     /// bookies may serve), stopping after about `max_bytes` (at least one
-    /// entry is returned if any is readable). An empty batch means nothing
-    /// past `first_entry_id` is readable yet.
+    /// entry is returned if any is readable, so 0 reads one entry). An empty
+    /// batch means nothing from `first_entry_id` on is readable yet: it is past
+    /// the LAC (or the sealed end) of every replica that answered, and the
+    /// batch's `last_add_confirmed` is the highest of theirs.
     ///
     /// Fails with [`LedgerError::NoSuchEntry`] when every replica says it does
-    /// not have `first_entry_id`, and [`LedgerError::ReadFailed`] when they
-    /// fail otherwise.
+    /// not have `first_entry_id` although it is within what it may serve, and
+    /// [`LedgerError::ReadFailed`] when they fail otherwise.
     pub async fn read(
         &self,
         first_entry_id: i64,
@@ -165,9 +171,12 @@ impl LedgerReader {
             .collect()
     }
 
-    /// One read from the first replica that answers; keeps the contiguous run
-    /// of entries starting at `first` (or at whatever the bookie returned
-    /// first, when reading by offset).
+    /// One read from the first replica that serves entries; keeps the
+    /// contiguous run of entries starting at `first` (or at whatever the
+    /// bookie returned first, when reading by offset). A replica that answers
+    /// OK with no entries (the start is past its LAC, which may lag behind the
+    /// others') or that lacks the start is passed over; if any answered OK
+    /// and none served entries, the answer is an empty batch.
     async fn read_once(
         &self,
         start: Start,
@@ -181,11 +190,14 @@ impl LedgerReader {
             segment_id,
             start: Some(start),
             last_entry_id,
-            max_bytes,
+            // 0 would ask for the bookie's maximum; at least one entry is returned.
+            max_bytes: max_bytes.max(1),
             recovery: false,
         };
         let mut reasons = Vec::new();
         let mut lacking = 0;
+        // The highest LAC of the replicas that had nothing readable at the start.
+        let mut nothing_yet: Option<i64> = None;
         for &bookie in replicas {
             let addr = &self.spec.ensemble()[bookie];
             let mut client = self.clients[bookie].clone();
@@ -202,9 +214,16 @@ impl LedgerReader {
                 }
             };
             match status_of(response.status) {
+                Some(BookieStatus::BookieOk) if response.entries.is_empty() => {
+                    // The start is past what this replica may serve: another
+                    // replica may know a higher LAC.
+                    let lac = response.last_add_confirmed;
+                    nothing_yet = Some(nothing_yet.map_or(lac, |seen| seen.max(lac)));
+                }
                 Some(BookieStatus::BookieOk) => {
-                    let mut expected = first.or(response.entries.first().map(|e| e.entry_id));
-                    let entries = response
+                    let returned = response.entries.first().map(|e| e.entry_id);
+                    let mut expected = first.or(returned);
+                    let entries: Vec<Entry> = response
                         .entries
                         .into_iter()
                         .take_while(|entry| {
@@ -214,9 +233,18 @@ impl LedgerReader {
                             contiguous
                         })
                         .collect();
+                    if entries.is_empty() {
+                        reasons.push(format!(
+                            "{addr}: answered entry {} for entry {}",
+                            returned.unwrap_or(NO_ENTRY),
+                            first.unwrap_or(NO_ENTRY)
+                        ));
+                        continue;
+                    }
+                    let lac = response.last_add_confirmed;
                     return Ok(ReadBatch {
                         entries,
-                        last_add_confirmed: response.last_add_confirmed,
+                        last_add_confirmed: nothing_yet.map_or(lac, |seen| seen.max(lac)),
                     });
                 }
                 Some(BookieStatus::BookieNoSuchEntry | BookieStatus::BookieNoSuchSegment) => {
@@ -231,6 +259,12 @@ impl LedgerReader {
                     describe(response.status, &response.message)
                 )),
             }
+        }
+        if let Some(last_add_confirmed) = nothing_yet {
+            return Ok(ReadBatch {
+                entries: Vec::new(),
+                last_add_confirmed,
+            });
         }
         let entry_id = first.unwrap_or(NO_ENTRY);
         if lacking == replicas.len() {

@@ -17,8 +17,10 @@
 //!    until it has at least Qa copies. Reading stops at the first entry that
 //!    `Qw - Qa + 1` bookies of its write set say they do not have: at most
 //!    `Qa - 1` copies can exist, so it was never confirmed, nor was any later
-//!    entry. If too few bookies answer to decide, recovery fails and may be
-//!    retried.
+//!    entry. A bookie says so either with `BOOKIE_NO_SUCH_ENTRY` (a gap below
+//!    the last entry it holds) or with an OK answer without entries (the entry
+//!    is past the last one it holds, or past the end it was sealed at). If too
+//!    few bookies answer to decide, recovery fails and may be retried.
 //! 4. **Seal** the segment at that end on the bookies, at the new epoch; the
 //!    seal must reach at least Qa bookies of every write set, so that any
 //!    later recovery's fence quorum meets a sealed bookie (step 2).
@@ -351,8 +353,12 @@ impl<'a> Recovery<'a> {
                                 "answered entry {} for entry {entry_id}",
                                 entry.entry_id
                             )),
+                            // OK with no entries: the entry is past the last one
+                            // this bookie holds (or past the end it was sealed at).
                             None => Replica::Lacks,
                         },
+                        // The entry is below the last one held but missing (a gap),
+                        // or the bookie holds nothing of the segment.
                         Some(
                             BookieStatus::BookieNoSuchEntry | BookieStatus::BookieNoSuchSegment,
                         ) => Replica::Lacks,

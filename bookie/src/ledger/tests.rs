@@ -539,6 +539,62 @@ async fn recovery_stops_at_the_first_entry_no_bookie_has() {
 }
 
 #[tokio::test]
+async fn recovery_ends_where_every_bookie_has_a_gap() {
+    let cluster = cluster(3, options()).await;
+    let spec = cluster.spec(3, 2);
+    for bookie in &cluster.bookies {
+        for id in (0..5).chain([6]) {
+            bookie.plant(SEGMENT, id, id, b"x");
+        }
+    }
+    // Every bookie answers entry 5 with NO_SUCH_ENTRY (it holds entry 6).
+    let outcome = recover(&spec, 2, &cluster.pool).await.unwrap();
+    assert_eq!(outcome.last_entry_id, 4);
+    assert_eq!(outcome.recovered_entries, 5);
+    assert_eq!(outcome.last_entry.unwrap().entry_id, 4);
+    for bookie in &cluster.bookies {
+        assert_eq!(bookie.segment(SEGMENT).unwrap().sealed, Some(4));
+    }
+}
+
+#[tokio::test]
+async fn recovery_ends_where_every_bookie_answers_without_the_entry() {
+    let cluster = cluster(3, options()).await;
+    let spec = cluster.spec(3, 2);
+    for bookie in &cluster.bookies {
+        for id in 0..5 {
+            bookie.plant(SEGMENT, id, id, b"x");
+        }
+        bookie.set_last_add_confirmed(SEGMENT, 2);
+    }
+    // Entry 5 is past the last entry every bookie holds: OK with no entries.
+    let outcome = recover(&spec, 2, &cluster.pool).await.unwrap();
+    assert_eq!(outcome.fenced_last_add_confirmed, 2);
+    assert_eq!(outcome.last_entry_id, 4);
+    assert_eq!(outcome.recovered_entries, 2);
+    assert_eq!(outcome.copies_written, 0);
+}
+
+#[tokio::test]
+async fn recovery_counts_gaps_and_empty_answers_alike() {
+    let cluster = cluster(3, options()).await;
+    let spec = cluster.spec(3, 2);
+    for bookie in &cluster.bookies {
+        for id in 0..5 {
+            bookie.plant(SEGMENT, id, id, b"x");
+        }
+    }
+    // Of entry 5's write set, bookie 0 has a gap there (NO_SUCH_ENTRY),
+    // bookie 1 ends before it (OK, no entries), bookie 2 is down: two of
+    // three lack it, so it was never confirmed.
+    cluster.bookies[0].plant(SEGMENT, 6, 6, b"x");
+    cluster.bookies[2].kill();
+    let outcome = recover(&spec, 2, &cluster.pool).await.unwrap();
+    assert_eq!(outcome.last_entry_id, 4);
+    assert_eq!(cluster.bookies[1].segment(SEGMENT).unwrap().sealed, Some(4));
+}
+
+#[tokio::test]
 async fn recovery_of_an_empty_segment_seals_it_empty() {
     let cluster = cluster(3, options()).await;
     let outcome = recover(&cluster.spec(3, 2), 2, &cluster.pool)
@@ -670,11 +726,110 @@ async fn reads_stop_at_the_byte_budget_and_past_the_end() {
     let batch = reader.read(0, -1, 3 * one).await.unwrap();
     assert_eq!(batch.entries.len(), 3);
     assert_eq!(batch.next_entry_id(), Some(3));
-    let error = reader.read(10, -1, u32::MAX).await.unwrap_err();
+    // 0 bytes reads one entry (not the bookie's maximum).
+    let batch = reader.read(4, -1, 0).await.unwrap();
+    let ids: Vec<i64> = batch.entries.iter().map(|e| e.entry_id).collect();
+    assert_eq!(ids, vec![4]);
+    // Past the sealed end every bookie answers OK with no entries.
+    let past = reader.read(10, -1, u32::MAX).await.unwrap();
+    assert_eq!(
+        past,
+        ReadBatch {
+            entries: Vec::new(),
+            last_add_confirmed: 9
+        }
+    );
+}
+
+#[tokio::test]
+async fn reads_of_an_entry_no_replica_has_fail_and_reads_past_the_lac_are_empty() {
+    let cluster = cluster(3, options()).await;
+    let spec = cluster.spec(3, 2);
+    for bookie in &cluster.bookies {
+        for id in 0..4 {
+            bookie.plant(SEGMENT, id, id * 10, b"x");
+        }
+        // Entries 4 and 5 are confirmed, but no bookie has entry 4.
+        bookie.plant(SEGMENT, 5, 50, b"x");
+        bookie.set_last_add_confirmed(SEGMENT, 5);
+    }
+    let reader = LedgerReader::new(spec, &cluster.pool).unwrap();
+    let batch = reader.read(0, -1, u32::MAX).await.unwrap();
+    let ids: Vec<i64> = batch.entries.iter().map(|e| e.entry_id).collect();
+    assert_eq!(ids, (0..4).collect::<Vec<_>>(), "the run stops at the gap");
+    let error = reader.read(4, -1, u32::MAX).await.unwrap_err();
     assert!(
-        matches!(error, LedgerError::NoSuchEntry { entry_id: 10, .. }),
+        matches!(error, LedgerError::NoSuchEntry { entry_id: 4, .. }),
         "{error}"
     );
+    let tail = reader.read(6, -1, u32::MAX).await.unwrap();
+    assert!(tail.entries.is_empty());
+    assert_eq!(tail.last_add_confirmed, 5);
+    // A segment no bookie holds: every one answers NO_SUCH_SEGMENT.
+    let ensemble = cluster.bookies.iter().map(FakeBookie::addr).collect();
+    let unknown = LedgerSpec::new(SEGMENT + 1, ensemble, 3, 2).unwrap();
+    let error = LedgerReader::new(unknown, &cluster.pool)
+        .unwrap()
+        .read(0, -1, u32::MAX)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, LedgerError::NoSuchEntry { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn reads_go_past_a_replica_whose_lac_lags() {
+    let cluster = cluster(3, options()).await;
+    let spec = cluster.spec(3, 2);
+    for (index, bookie) in cluster.bookies.iter().enumerate() {
+        for id in 0..10 {
+            bookie.plant(SEGMENT, id, id * 10, b"x");
+        }
+        // Bookie 0 missed the adds that carried the newer LACs.
+        bookie.set_last_add_confirmed(SEGMENT, if index == 0 { 4 } else { 9 });
+    }
+    let reader = LedgerReader::new(spec, &cluster.pool).unwrap().prefer([0]);
+    let batch = reader.read(0, -1, u32::MAX).await.unwrap();
+    let ids: Vec<i64> = batch.entries.iter().map(|e| e.entry_id).collect();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>());
+    assert_eq!(batch.last_add_confirmed, 9);
+    let from_offset = reader.read_from_offset(75, -1, u32::MAX).await.unwrap();
+    let ids: Vec<i64> = from_offset.entries.iter().map(|e| e.entry_id).collect();
+    assert_eq!(ids, vec![7, 8, 9]);
+    let tail = reader.read(10, -1, u32::MAX).await.unwrap();
+    assert!(tail.entries.is_empty());
+    assert_eq!(
+        tail.last_add_confirmed, 9,
+        "the highest LAC of the replicas"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_past_a_bookie_the_writer_dropped() {
+    let cluster = cluster(3, options()).await;
+    let mut writer = cluster.writer(3, 2);
+    for id in 0..3 {
+        assert_eq!(writer.append(payload(id), id * 10).await.unwrap(), id);
+    }
+    cluster.bookies[0].set_add_failure(Some(BookieStatus::BookieIoError));
+    assert!(append_pipelined(&mut writer, 3, 7)
+        .await
+        .iter()
+        .all(Result::is_ok));
+    eventually("the refusing bookie is dropped", || {
+        failed_indexes(&writer) == vec![0]
+    })
+    .await;
+    let spec = writer.spec().clone();
+    // Sealed on the two live bookies only: bookie 0 keeps its old LAC.
+    assert_eq!(writer.seal().await.unwrap(), 9);
+    let stale = cluster.bookies[0].segment(SEGMENT).unwrap();
+    assert_eq!(stale.sealed, None);
+    assert!(stale.last_add_confirmed < 9);
+    let reader = LedgerReader::new(spec, &cluster.pool).unwrap().prefer([0]);
+    let batch = reader.read(0, -1, u32::MAX).await.unwrap();
+    let ids: Vec<i64> = batch.entries.iter().map(|e| e.entry_id).collect();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>());
+    assert_eq!(batch.last_add_confirmed, 9);
 }
 
 #[tokio::test]
@@ -699,4 +854,364 @@ async fn striped_reads_gather_entries_from_every_write_set() {
     let from_offset = reader.read_from_offset(55, -1, u32::MAX).await.unwrap();
     assert_eq!(from_offset.entries.first().map(|e| e.entry_id), Some(5));
     assert_eq!(from_offset.entries.len(), 15);
+}
+
+// ---- the fake answers as the real bookie does ----
+
+/// The same requests, and the answers `bookie.proto` documents, against the
+/// fake and against a real bookie (`crate::service` over `crate::storage`).
+mod bookie_rules {
+    use super::*;
+    use crate::service::BookieGrpc;
+    use crate::storage::Storage;
+    use crate::BookieConfig;
+    use std::sync::Arc;
+    use strata_proto::bookie::bookie_service_client::BookieServiceClient;
+    use strata_proto::bookie::bookie_service_server::BookieServiceServer;
+    use strata_proto::bookie::read_entries_request::Start;
+    use strata_proto::bookie::{
+        AddRequest, DeleteSegmentRequest, FenceRequest, ListSegmentsRequest, ReadEntriesRequest,
+        ReadLacRequest, ReadLacResponse,
+    };
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+    use tonic::transport::Channel;
+
+    type Client = BookieServiceClient<Channel>;
+
+    const SEG: u64 = 7;
+    /// Two entries' payload: what one read returns at most.
+    const MAX_READ_BYTES: u64 = 14;
+
+    /// 7 bytes each for ids below 10.
+    fn body(entry_id: i64) -> Bytes {
+        Bytes::from(format!("entry-{entry_id}"))
+    }
+
+    fn add(entry_id: i64, epoch: u32, lac: i64, recovery: bool) -> AddRequest {
+        AddRequest {
+            segment_id: SEG,
+            entry_id,
+            writer_epoch: epoch,
+            last_add_confirmed: lac,
+            // Entry i holds offsets 10 * i + 10 ..= 10 * i + 19.
+            base_offset: 10 * entry_id + 10,
+            payload: body(entry_id),
+            recovery,
+        }
+    }
+
+    fn status(code: i32) -> BookieStatus {
+        BookieStatus::try_from(code).unwrap()
+    }
+
+    async fn add_one(client: &mut Client, request: AddRequest) -> BookieStatus {
+        let (requests, outbound) = tokio::sync::mpsc::channel(1);
+        requests.send(request).await.unwrap();
+        let mut answers = client
+            .add_entries(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().expect("an answer");
+        drop(requests);
+        status(answer.status)
+    }
+
+    /// `(status, entry ids, LAC)` of a read.
+    async fn read(
+        client: &mut Client,
+        segment_id: u64,
+        start: Option<Start>,
+        last_entry_id: i64,
+        max_bytes: u32,
+        recovery: bool,
+    ) -> (BookieStatus, Vec<i64>, i64) {
+        let answer = client
+            .read_entries(ReadEntriesRequest {
+                segment_id,
+                start,
+                last_entry_id,
+                max_bytes,
+                recovery,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for entry in &answer.entries {
+            assert_eq!(entry.payload, body(entry.entry_id));
+            assert_eq!(entry.base_offset, 10 * entry.entry_id + 10);
+        }
+        let ids = answer.entries.iter().map(|e| e.entry_id).collect();
+        (status(answer.status), ids, answer.last_add_confirmed)
+    }
+
+    async fn from(
+        client: &mut Client,
+        first: i64,
+        max_bytes: u32,
+    ) -> (BookieStatus, Vec<i64>, i64) {
+        read(
+            client,
+            SEG,
+            Some(Start::FirstEntryId(first)),
+            -1,
+            max_bytes,
+            false,
+        )
+        .await
+    }
+
+    async fn recovery_read(client: &mut Client, first: i64) -> (BookieStatus, Vec<i64>, i64) {
+        read(client, SEG, Some(Start::FirstEntryId(first)), -1, 0, true).await
+    }
+
+    async fn at_offset(client: &mut Client, offset: i64) -> (BookieStatus, Vec<i64>, i64) {
+        read(client, SEG, Some(Start::KafkaOffset(offset)), -1, 0, false).await
+    }
+
+    async fn lac(client: &mut Client, segment_id: u64) -> ReadLacResponse {
+        client
+            .read_lac(ReadLacRequest { segment_id })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// `(status, LAC, last entry)` of a fence.
+    async fn fence(client: &mut Client, segment_id: u64, epoch: u32) -> (BookieStatus, i64, i64) {
+        let answer = client
+            .fence(FenceRequest { segment_id, epoch })
+            .await
+            .unwrap()
+            .into_inner();
+        (
+            status(answer.status),
+            answer.last_add_confirmed,
+            answer.last_entry_id,
+        )
+    }
+
+    async fn seal(client: &mut Client, segment_id: u64, epoch: u32, last: i64) -> BookieStatus {
+        let answer = client
+            .seal(SealRequest {
+                segment_id,
+                epoch,
+                last_entry_id: last,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        status(answer.status)
+    }
+
+    async fn check_rules(mut client: Client) {
+        use BookieStatus::*;
+        let client = &mut client;
+        let none: Vec<i64> = Vec::new();
+
+        // Unknown segment.
+        assert_eq!(
+            from(client, 0, 0).await,
+            (BookieNoSuchSegment, none.clone(), -1)
+        );
+        let unknown = lac(client, SEG).await;
+        assert_eq!(status(unknown.status), BookieNoSuchSegment);
+        assert_eq!(
+            (unknown.last_add_confirmed, unknown.last_entry_id),
+            (-1, -1)
+        );
+
+        // Entries 0..=3 and 5 (a gap at 4); LAC 3; malformed adds refused.
+        for id in [0, 1, 2, 3, 5] {
+            assert_eq!(
+                add_one(client, add(id, 1, (id - 1).min(3), false)).await,
+                BookieOk
+            );
+        }
+        assert_eq!(
+            add_one(client, add(-1, 1, -1, false)).await,
+            BookieInvalidRequest
+        );
+        let negative_offset = AddRequest {
+            base_offset: -1,
+            ..add(6, 1, 3, false)
+        };
+        assert_eq!(add_one(client, negative_offset).await, BookieInvalidRequest);
+        assert_eq!(
+            add_one(client, add(6, 1, -2, false)).await,
+            BookieInvalidRequest
+        );
+        // An entry already held is acked without writing, nor taking its LAC.
+        assert_eq!(add_one(client, add(3, 1, 5, false)).await, BookieOk);
+        let open = lac(client, SEG).await;
+        assert_eq!(
+            (
+                open.last_add_confirmed,
+                open.last_entry_id,
+                open.sealed,
+                open.fenced_epoch
+            ),
+            (3, 5, false, 0)
+        );
+
+        // Reads: max_bytes 0 is the bookie's maximum, which also caps.
+        assert_eq!(from(client, 0, 0).await, (BookieOk, vec![0, 1], 3));
+        assert_eq!(from(client, 0, 1).await, (BookieOk, vec![0], 3));
+        assert_eq!(from(client, 0, 1000).await, (BookieOk, vec![0, 1], 3));
+        assert_eq!(from(client, 2, 0).await, (BookieOk, vec![2, 3], 3));
+        // Past the LAC: OK with no entries and the LAC, held or not.
+        assert_eq!(from(client, 4, 0).await, (BookieOk, none.clone(), 3));
+        assert_eq!(from(client, 5, 0).await, (BookieOk, none.clone(), 3));
+        assert_eq!(from(client, 9, 0).await, (BookieOk, none.clone(), 3));
+        let short = read(client, SEG, Some(Start::FirstEntryId(3)), 2, 0, false).await;
+        assert_eq!(short, (BookieOk, none.clone(), 3));
+        // Malformed reads; refusals carry the LAC too.
+        let below = read(client, SEG, Some(Start::FirstEntryId(0)), -2, 0, false).await;
+        assert_eq!(below, (BookieInvalidRequest, none.clone(), 3));
+        let negative = read(client, SEG, Some(Start::FirstEntryId(-1)), -1, 0, false).await;
+        assert_eq!(negative, (BookieInvalidRequest, none.clone(), 3));
+        let startless = read(client, SEG, None, -1, 0, false).await;
+        assert_eq!(startless, (BookieInvalidRequest, none.clone(), 3));
+        // By Kafka offset: the entry with the greatest base offset at or below it.
+        assert_eq!(at_offset(client, 35).await, (BookieOk, vec![2, 3], 3));
+        assert_eq!(at_offset(client, 10).await, (BookieOk, vec![0, 1], 3));
+        assert_eq!(at_offset(client, 55).await, (BookieOk, vec![3], 3));
+        assert_eq!(at_offset(client, 65).await, (BookieOk, none.clone(), 3));
+        assert_eq!(
+            at_offset(client, 5).await,
+            (BookieNoSuchEntry, none.clone(), 3)
+        );
+        // Recovery reads go up to the last entry held, and stop before a gap.
+        assert_eq!(recovery_read(client, 3).await, (BookieOk, vec![3], 3));
+        assert_eq!(
+            recovery_read(client, 4).await,
+            (BookieNoSuchEntry, none.clone(), 3)
+        );
+        assert_eq!(recovery_read(client, 5).await, (BookieOk, vec![5], 3));
+        assert_eq!(recovery_read(client, 6).await, (BookieOk, none.clone(), 3));
+
+        // Fencing.
+        assert_eq!(fence(client, SEG, 0).await, (BookieInvalidRequest, -1, -1));
+        assert_eq!(fence(client, SEG, 2).await, (BookieOk, 3, 5));
+        assert_eq!(fence(client, SEG, 2).await, (BookieOk, 3, 5));
+        assert_eq!(fence(client, SEG, 1).await, (BookieFenced, -1, -1));
+        assert_eq!(add_one(client, add(6, 1, 3, false)).await, BookieFenced);
+        assert_eq!(add_one(client, add(6, 1, 3, true)).await, BookieFenced);
+        assert_eq!(add_one(client, add(4, 2, 3, true)).await, BookieOk);
+        assert_eq!(add_one(client, add(2, 2, 3, true)).await, BookieOk);
+        // A segment the bookie never saw is created, fenced and empty.
+        assert_eq!(fence(client, 8, 1).await, (BookieOk, -1, -1));
+        let fenced = lac(client, 8).await;
+        assert_eq!(status(fenced.status), BookieOk);
+        assert_eq!(
+            (
+                fenced.last_add_confirmed,
+                fenced.last_entry_id,
+                fenced.sealed,
+                fenced.fenced_epoch
+            ),
+            (-1, -1, false, 1)
+        );
+        let empty = read(client, 8, Some(Start::FirstEntryId(0)), -1, 0, true).await;
+        assert_eq!(empty, (BookieOk, none.clone(), -1));
+
+        // Sealing.
+        assert_eq!(seal(client, SEG, 1, 5).await, BookieFenced);
+        assert_eq!(seal(client, SEG, 2, -2).await, BookieInvalidRequest);
+        assert_eq!(seal(client, SEG, 2, 5).await, BookieOk);
+        assert_eq!(seal(client, SEG, 2, 5).await, BookieOk);
+        assert_eq!(seal(client, SEG, 3, 4).await, BookieSealed);
+        let sealed = lac(client, SEG).await;
+        assert_eq!(
+            (
+                sealed.last_add_confirmed,
+                sealed.last_entry_id,
+                sealed.sealed,
+                sealed.fenced_epoch
+            ),
+            (5, 5, true, 2)
+        );
+        assert_eq!(from(client, 4, 0).await, (BookieOk, vec![4, 5], 5));
+        assert_eq!(from(client, 6, 0).await, (BookieOk, none.clone(), 5));
+        assert_eq!(recovery_read(client, 6).await, (BookieOk, none.clone(), 5));
+        assert_eq!(fence(client, SEG, 3).await, (BookieOk, 5, 5));
+        // Only recovery re-adds of entries already held get in.
+        assert_eq!(add_one(client, add(2, 3, 5, false)).await, BookieSealed);
+        assert_eq!(add_one(client, add(2, 3, 5, true)).await, BookieOk);
+        assert_eq!(add_one(client, add(6, 3, 5, true)).await, BookieSealed);
+        // A segment the bookie never saw is created, sealed.
+        assert_eq!(seal(client, 9, 1, -1).await, BookieOk);
+        let created = lac(client, 9).await;
+        assert_eq!((created.last_add_confirmed, created.sealed), (-1, true));
+
+        let listed = client
+            .list_segments(ListSegmentsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .segments;
+        let ids: Vec<u64> = listed.iter().map(|s| s.segment_id).collect();
+        assert_eq!(ids, vec![SEG, 8, 9]);
+        let seg = &listed[0];
+        assert_eq!(
+            (
+                seg.last_add_confirmed,
+                seg.last_entry_id,
+                seg.sealed,
+                seg.fenced_epoch,
+                seg.bytes
+            ),
+            (5, 5, true, 3, 42)
+        );
+
+        // Deleting: OK whether held or not.
+        for segment_id in [SEG, 100] {
+            let deleted = client
+                .delete_segment(DeleteSegmentRequest { segment_id })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(status(deleted.status), BookieOk);
+        }
+        assert_eq!(status(lac(client, SEG).await.status), BookieNoSuchSegment);
+    }
+
+    #[tokio::test]
+    async fn the_fake_keeps_the_rules() {
+        let bookie = FakeBookie::start().await;
+        bookie.set_max_read_bytes(MAX_READ_BYTES);
+        let client = BookiePool::new(options()).client(&bookie.addr()).unwrap();
+        check_rules(client).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_real_bookie_keeps_the_same_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&BookieConfig {
+            data_dir: dir.path().to_path_buf(),
+            max_read_bytes: MAX_READ_BYTES,
+            min_free_bytes: 0,
+            ..Default::default()
+        })
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let service = BookieGrpc::new(Arc::new(storage), tasks.clone(), shutdown.clone());
+        tasks.spawn(
+            tonic::transport::Server::builder()
+                .add_service(BookieServiceServer::new(service))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    shutdown.clone().cancelled_owned(),
+                ),
+        );
+        let client = BookiePool::new(options()).client(&addr).unwrap();
+        check_rules(client).await;
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
 }

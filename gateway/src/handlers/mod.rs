@@ -2,13 +2,18 @@
 //! handler module, and encodes the response with the right header version.
 
 mod api_versions;
+mod fetch;
+mod list_offsets;
 mod metadata;
+mod produce;
 mod topics;
 
 use crate::config::GatewayConfig;
+use crate::partition::Partitions;
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use std::sync::Arc;
 use strata_metadata::cache::ClusterCache;
 use strata_metadata::client::MetadataClient;
 
@@ -20,6 +25,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
 ];
 
 /// The versions of `api_key` this gateway accepts, if it implements it.
@@ -38,6 +46,7 @@ pub struct Gatekeeper {
     advertised_port: u16,
     cache: ClusterCache,
     client: MetadataClient,
+    partitions: Arc<Partitions>,
 }
 
 impl Gatekeeper {
@@ -48,6 +57,7 @@ impl Gatekeeper {
         advertised_port: u16,
         cache: ClusterCache,
         client: MetadataClient,
+        partitions: Arc<Partitions>,
     ) -> Self {
         Self {
             config,
@@ -55,7 +65,13 @@ impl Gatekeeper {
             advertised_port,
             cache,
             client,
+            partitions,
         }
+    }
+
+    /// The partitions this gateway serves.
+    pub fn partitions(&self) -> &Partitions {
+        &self.partitions
     }
 
     /// The metadata client, for topic administration (never on produce or fetch).
@@ -150,6 +166,23 @@ pub async fn handle(
         ApiKey::Metadata => {
             let request = decode(&mut frame, version).map_err(malformed)?;
             let body = metadata::handle(gatekeeper, request, version);
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::Produce => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            match produce::handle(gatekeeper, request).await {
+                Some(body) => encode(api, version, header.correlation_id, &body).map(Some),
+                None => Ok(None),
+            }
+        }
+        ApiKey::Fetch => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = fetch::handle(gatekeeper, request).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::ListOffsets => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = list_offsets::handle(gatekeeper, request);
             encode(api, version, header.correlation_id, &body).map(Some)
         }
         ApiKey::CreateTopics => {

@@ -1,0 +1,103 @@
+//! Produce: each partition's batch is checked, given its offsets by the
+//! partition's sequencer, written to bookies, and answered once confirmed.
+//! Partitions of one request are appended concurrently.
+
+use super::Gatekeeper;
+use crate::log::batch::RecordBatch;
+use futures::future::join_all;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+use strata_proto::error_code;
+
+/// Topic config that makes the broker stamp batches with its append time.
+const TIMESTAMP_TYPE: &str = "message.timestamp.type";
+
+/// Appends every partition's batch; `None` when the producer wants no answer (acks=0).
+pub async fn handle(gatekeeper: &Gatekeeper, request: ProduceRequest) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    let transactional = request.transactional_id.is_some();
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    for topic in request.topic_data {
+        let name = topic.name.clone();
+        let log_append_time = gatekeeper.cache().read(|state| {
+            state
+                .topics
+                .get(name.as_str())
+                .and_then(|t| t.configs.get(TIMESTAMP_TYPE))
+                .is_some_and(|v| v == "LogAppendTime")
+        });
+        let name: &str = name.as_str();
+        let appends = topic.partition_data.into_iter().map(|data| async move {
+            let index = data.index;
+            let result = if transactional {
+                Err((
+                    error_code::UNSUPPORTED_VERSION as i16,
+                    "transactions are not supported yet".to_string(),
+                ))
+            } else {
+                append_one(gatekeeper, name, index, data.records, log_append_time).await
+            };
+            partition_response(index, result)
+        });
+        let partitions = join_all(appends).await;
+        topics.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partitions),
+        );
+    }
+    (acks != 0).then(|| ProduceResponse::default().with_responses(topics))
+}
+
+/// What one partition's append came to.
+type PartitionResult = Result<(i64, i64, i64), (i16, String)>;
+
+async fn append_one(
+    gatekeeper: &Gatekeeper,
+    topic: &str,
+    index: i32,
+    records: Option<bytes::Bytes>,
+    log_append_time: bool,
+) -> PartitionResult {
+    let partition = u32::try_from(index).map_err(|_| {
+        (
+            error_code::UNKNOWN_TOPIC_OR_PARTITION as i16,
+            format!("partition {index} does not exist"),
+        )
+    })?;
+    let log = gatekeeper
+        .partitions()
+        .log(topic, partition)
+        .map_err(|code| (code, String::new()))?;
+    let records = records.unwrap_or_default();
+    let batch = RecordBatch::parse(&records).map_err(|e| (e.code, e.message))?;
+    let appended = log
+        .append(batch, log_append_time)
+        .await
+        .map_err(|code| (code, String::new()))?;
+    Ok((
+        appended.base_offset,
+        appended.log_append_time_ms,
+        log.log_start_offset(),
+    ))
+}
+
+fn partition_response(index: i32, result: PartitionResult) -> PartitionProduceResponse {
+    match result {
+        Ok((base_offset, log_append_time_ms, log_start_offset)) => {
+            PartitionProduceResponse::default()
+                .with_index(index)
+                .with_base_offset(base_offset)
+                .with_log_append_time_ms(log_append_time_ms)
+                .with_log_start_offset(log_start_offset)
+        }
+        Err((code, message)) => PartitionProduceResponse::default()
+            .with_index(index)
+            .with_error_code(code)
+            .with_base_offset(-1)
+            .with_log_append_time_ms(-1)
+            .with_log_start_offset(-1)
+            .with_error_message((!message.is_empty()).then(|| StrBytes::from_string(message))),
+    }
+}

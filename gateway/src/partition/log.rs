@@ -1,0 +1,319 @@
+//! The log of one partition this gateway serves: the sequencer that gives
+//! batches their offsets and writes them through the ledger writer in order,
+//! the high watermark that readers wait on, recent batches kept in memory, and
+//! reads of older batches from bookies.
+
+use crate::log::batch::RecordBatch;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex as SyncMutex;
+use strata_bookie::ledger::{BookiePool, LedgerReader, LedgerSpec, LedgerWriter};
+use strata_metadata::cache::ClusterCache;
+use strata_proto::error_code;
+use strata_proto::metadata::segment_info::State;
+use tokio::sync::{watch, Mutex};
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the batch's first record.
+    pub base_offset: i64,
+    /// The broker's append time if the topic uses LogAppendTime, else -1.
+    pub log_append_time_ms: i64,
+}
+
+/// The writing side: only one append at a time gives out offsets.
+struct Sequencer {
+    next_offset: i64,
+    writer: LedgerWriter,
+}
+
+/// One partition's log, for as long as this gateway serves it at one epoch.
+pub struct PartitionLog {
+    topic: String,
+    partition: u32,
+    leader_epoch: u32,
+    sequencer: Mutex<Sequencer>,
+    high_watermark: watch::Sender<i64>,
+    log_start_offset: i64,
+    recent: SyncMutex<RecentBatches>,
+    broken: AtomicBool,
+    cache: ClusterCache,
+    pool: BookiePool,
+}
+
+impl PartitionLog {
+    /// A log whose next offset (and high watermark) is `next_offset`, writing
+    /// to `writer`'s segment.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        topic: String,
+        partition: u32,
+        leader_epoch: u32,
+        next_offset: i64,
+        log_start_offset: i64,
+        writer: LedgerWriter,
+        recent_bytes: usize,
+        cache: ClusterCache,
+        pool: BookiePool,
+    ) -> Self {
+        Self {
+            topic,
+            partition,
+            leader_epoch,
+            sequencer: Mutex::new(Sequencer {
+                next_offset,
+                writer,
+            }),
+            high_watermark: watch::Sender::new(next_offset),
+            log_start_offset,
+            recent: SyncMutex::new(RecentBatches::new(recent_bytes)),
+            broken: AtomicBool::new(false),
+            cache,
+            pool,
+        }
+    }
+
+    /// The leader epoch this gateway serves the partition at.
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch as i32
+    }
+
+    /// The offset after the last confirmed record: what consumers may read up to.
+    pub fn high_watermark(&self) -> i64 {
+        *self.high_watermark.borrow()
+    }
+
+    /// A receiver that sees every rise of the high watermark (for long polls).
+    pub fn watch_high_watermark(&self) -> watch::Receiver<i64> {
+        self.high_watermark.subscribe()
+    }
+
+    /// The first offset still in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// Whether the segment writer failed: the log takes no more appends and is
+    /// replaced by a new one (after the segment is recovered and sealed).
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Appends one batch: gives it the next offsets (and the append time if
+    /// `log_append_time`), writes it to the segment's bookies, and returns once
+    /// it is confirmed. Errors are Kafka error codes for the producer.
+    pub async fn append(
+        &self,
+        mut batch: RecordBatch,
+        log_append_time: bool,
+    ) -> Result<Appended, i16> {
+        let mut sequencer = self.sequencer.lock().await;
+        if self.is_broken() {
+            return Err(super::NOT_SERVED);
+        }
+        let base_offset = sequencer.next_offset;
+        let log_append_time_ms = if log_append_time {
+            let now = strata_metadata::now_ms() as i64;
+            batch.set_log_append_time(now);
+            now
+        } else {
+            -1
+        };
+        batch.assign(base_offset, self.leader_epoch as i32);
+        let bytes = batch.bytes();
+        let next_offset = batch.last_offset() + 1;
+        let pending = match sequencer.writer.add(bytes.clone(), base_offset).await {
+            Ok(pending) => pending,
+            Err(error) => return Err(self.writer_failed(&error)),
+        };
+        sequencer.next_offset = next_offset;
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(base_offset, next_offset, bytes);
+        drop(sequencer);
+        match pending.await {
+            Ok(_) => {
+                self.high_watermark
+                    .send_if_modified(|hw| raise(hw, next_offset));
+                Ok(Appended {
+                    base_offset,
+                    log_append_time_ms,
+                })
+            }
+            Err(error) => Err(self.writer_failed(&error)),
+        }
+    }
+
+    fn writer_failed(&self, error: &strata_bookie::ledger::LedgerError) -> i16 {
+        if !self.broken.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                topic = %self.topic,
+                partition = self.partition,
+                %error,
+                "segment writer failed; the partition's segment will be recovered and rolled"
+            );
+        }
+        if error.is_fenced() {
+            super::NOT_SERVED
+        } else {
+            error_code::NOT_ENOUGH_REPLICAS as i16
+        }
+    }
+
+    /// Whole batches from the one holding `offset`, below the high watermark,
+    /// up to about `max_bytes` (always at least one batch when any is readable).
+    /// Empty at the high watermark; OFFSET_OUT_OF_RANGE outside the log.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, i16> {
+        let high_watermark = self.high_watermark();
+        if offset < self.log_start_offset || offset > high_watermark {
+            return Err(error_code::OFFSET_OUT_OF_RANGE as i16);
+        }
+        if offset == high_watermark {
+            return Ok(Vec::new());
+        }
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner()).read(
+            offset,
+            high_watermark,
+            max_bytes,
+        );
+        if let Some(batches) = recent {
+            return Ok(batches);
+        }
+        self.read_from_bookies(offset, high_watermark, max_bytes)
+            .await
+    }
+
+    async fn read_from_bookies(
+        &self,
+        offset: i64,
+        high_watermark: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>, i16> {
+        let storage_error = error_code::KAFKA_STORAGE_ERROR as i16;
+        let spec = self.cache.read(|state| {
+            let segments = state.segments(&self.topic, self.partition);
+            let segment = segments
+                .iter()
+                .rev()
+                .find(|s| s.base_offset <= offset && end_offset(s).is_none_or(|end| offset < end))?
+                .clone();
+            Some(LedgerSpec::from_segment(&segment, &state.bookies))
+        });
+        let spec = match spec {
+            Some(Ok(spec)) => spec,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "cannot read a segment");
+                return Err(storage_error);
+            }
+            None => return Err(error_code::OFFSET_OUT_OF_RANGE as i16),
+        };
+        let reader = LedgerReader::new(spec, &self.pool).map_err(|_| storage_error)?;
+        let max = u32::try_from(max_bytes).unwrap_or(u32::MAX).max(1);
+        let read = reader
+            .read_from_offset(offset, -1, max)
+            .await
+            .map_err(|error| {
+                tracing::warn!(topic = %self.topic, partition = self.partition, %error, "reading from bookies failed");
+                storage_error
+            })?;
+        Ok(read
+            .entries
+            .into_iter()
+            .filter(|entry| entry.base_offset < high_watermark)
+            .map(|entry| entry.payload)
+            .collect())
+    }
+}
+
+/// The end offset of a sealed or offloaded segment; `None` while it is open.
+fn end_offset(segment: &strata_proto::metadata::SegmentInfo) -> Option<i64> {
+    match &segment.state {
+        Some(State::Sealed(sealed)) => Some(sealed.end_offset),
+        Some(State::Offloaded(offloaded)) => Some(offloaded.end_offset),
+        _ => None,
+    }
+}
+
+fn raise(high_watermark: &mut i64, to: i64) -> bool {
+    if to > *high_watermark {
+        *high_watermark = to;
+        true
+    } else {
+        false
+    }
+}
+
+/// The newest batches of a partition, bounded by bytes, for tailing readers.
+struct RecentBatches {
+    batches: VecDeque<(i64, i64, Bytes)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl RecentBatches {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            batches: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Keeps a batch covering offsets `base..next`.
+    fn push(&mut self, base: i64, next: i64, bytes: Bytes) {
+        self.bytes += bytes.len();
+        self.batches.push_back((base, next, bytes));
+        while self.bytes > self.max_bytes && self.batches.len() > 1 {
+            if let Some((_, _, old)) = self.batches.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
+
+    /// Batches from the one holding `offset`, below `high_watermark`; `None`
+    /// if that batch is no longer (or not yet) kept here.
+    fn read(&self, offset: i64, high_watermark: i64, max_bytes: usize) -> Option<Vec<Bytes>> {
+        let first = self.batches.front()?;
+        if offset < first.0 {
+            return None;
+        }
+        let start = self
+            .batches
+            .iter()
+            .position(|(_, next, _)| offset < *next)?;
+        let mut out = Vec::new();
+        let mut total = 0;
+        for (base, _, bytes) in self.batches.iter().skip(start) {
+            if *base >= high_watermark || (!out.is_empty() && total + bytes.len() > max_bytes) {
+                break;
+            }
+            total += bytes.len();
+            out.push(bytes.clone());
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_batches_serve_from_the_batch_holding_the_offset() {
+        let mut recent = RecentBatches::new(100);
+        recent.push(0, 3, Bytes::from(vec![0; 40]));
+        recent.push(3, 5, Bytes::from(vec![1; 40]));
+        recent.push(5, 9, Bytes::from(vec![2; 40]));
+        // The first batch was evicted to stay under 100 bytes.
+        assert!(recent.read(1, 9, 1000).is_none());
+        assert_eq!(recent.read(4, 9, 1000).unwrap().len(), 2);
+        // Not past the high watermark, and at least one batch within max_bytes.
+        assert_eq!(recent.read(4, 5, 1000).unwrap().len(), 1);
+        assert_eq!(recent.read(3, 9, 10).unwrap().len(), 1);
+        // Past the newest batch: nothing kept here (the caller answers at the high watermark itself).
+        assert!(recent.read(9, 9, 1000).is_none());
+    }
+}

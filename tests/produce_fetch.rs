@@ -1,0 +1,149 @@
+//! Records produced with librdkafka are stored on bookies through the gateway
+//! and fetched back whole and in order, for every compression codec the client
+//! is built with.
+
+mod common;
+
+use common::DevCluster;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const PARTITIONS: i32 = 3;
+const RECORDS: usize = 300;
+
+fn producer(cluster: &DevCluster, compression: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .set("compression.type", compression)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer is created")
+}
+
+fn consumer(cluster: &DevCluster, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "unused")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer is created");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).expect("partitions assigned");
+    consumer
+}
+
+/// One record as written, to compare with what is read.
+#[derive(Debug, Clone, PartialEq)]
+struct Sent {
+    key: String,
+    value: String,
+    header: String,
+    timestamp: i64,
+}
+
+fn sent(i: usize) -> Sent {
+    Sent {
+        key: format!("key-{i}"),
+        value: format!("value-{i}-").repeat(1 + i % 7),
+        header: format!("h{i}"),
+        timestamp: 1_700_000_000_000 + i as i64,
+    }
+}
+
+async fn round_trip(cluster: &DevCluster, compression: &str) {
+    let topic = format!("round-trip-{compression}");
+    let out = cluster.admin(&[
+        "topics",
+        "create",
+        &topic,
+        "--partitions",
+        &PARTITIONS.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let producer = producer(cluster, compression);
+    let mut deliveries = Vec::new();
+    for i in 0..RECORDS {
+        let record = sent(i);
+        let partition = (i % PARTITIONS as usize) as i32;
+        let future = producer.send_result(
+            FutureRecord::to(&topic)
+                .partition(partition)
+                .key(&record.key)
+                .payload(&record.value)
+                .timestamp(record.timestamp)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "h",
+                    value: Some(&record.header),
+                })),
+        );
+        deliveries.push((partition, i, future.expect("queued")));
+    }
+    // Offsets are contiguous from 0 in each partition, in send order.
+    let mut expected: BTreeMap<(i32, i64), Sent> = BTreeMap::new();
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for (partition, i, delivery) in deliveries {
+        let delivery = delivery
+            .await
+            .expect("delivery reported")
+            .expect("record acknowledged");
+        let (delivered_partition, offset) = (delivery.partition, delivery.offset);
+        assert_eq!(delivered_partition, partition);
+        let want = next.entry(partition).or_insert(0);
+        assert_eq!(
+            offset, *want,
+            "offsets are contiguous in partition {partition}"
+        );
+        *want += 1;
+        expected.insert((partition, offset), sent(i));
+    }
+
+    let consumer = consumer(cluster, &topic);
+    let mut read: BTreeMap<(i32, i64), Sent> = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read.len() < RECORDS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "read {} of {RECORDS}",
+            read.len()
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.expect("fetch succeeds");
+        let headers = message.headers().expect("headers kept");
+        let header = headers.get(0);
+        let got = Sent {
+            key: String::from_utf8(message.key().unwrap().to_vec()).unwrap(),
+            value: String::from_utf8(message.payload().unwrap().to_vec()).unwrap(),
+            header: String::from_utf8(header.value.unwrap().to_vec()).unwrap(),
+            timestamp: message.timestamp().to_millis().unwrap(),
+        };
+        let previous = read.insert((message.partition(), message.offset()), got);
+        assert!(previous.is_none(), "no record is read twice");
+    }
+    assert_eq!(read, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_round_trip_through_bookies_with_every_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = DevCluster::start(dir.path());
+    for compression in ["none", "snappy", "lz4"] {
+        round_trip(&cluster, compression).await;
+    }
+}
