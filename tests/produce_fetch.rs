@@ -1,6 +1,6 @@
 //! Records produced with librdkafka are stored on bookies through the gateway
-//! and fetched back whole and in order, for every compression codec the client
-//! is built with.
+//! and fetched back whole and in order, for every compression codec, by
+//! librdkafka and by rskafka, an independent client implementation.
 
 mod common;
 
@@ -137,13 +137,54 @@ async fn round_trip(cluster: &DevCluster, compression: &str) {
         assert!(previous.is_none(), "no record is read twice");
     }
     assert_eq!(read, expected);
+    assert_eq!(read_with_rskafka(cluster, &topic).await, expected);
+}
+
+/// Reads every partition of `topic` with rskafka, a client implementation
+/// independent of librdkafka.
+async fn read_with_rskafka(cluster: &DevCluster, topic: &str) -> BTreeMap<(i32, i64), Sent> {
+    use rskafka::client::partition::UnknownTopicHandling;
+    use rskafka::client::ClientBuilder;
+    let client = ClientBuilder::new(vec![cluster.bootstrap()])
+        .build()
+        .await
+        .expect("rskafka connects");
+    let mut read = BTreeMap::new();
+    for partition in 0..PARTITIONS {
+        let partition_client = client
+            .partition_client(topic, partition, UnknownTopicHandling::Retry)
+            .await
+            .expect("rskafka finds the partition");
+        let mut offset = 0;
+        loop {
+            let (records, high_watermark) = partition_client
+                .fetch_records(offset, 1..1_000_000, 1_000)
+                .await
+                .expect("rskafka fetches");
+            for record in records {
+                let r = record.record;
+                let sent = Sent {
+                    key: String::from_utf8(r.key.unwrap()).unwrap(),
+                    value: String::from_utf8(r.value.unwrap()).unwrap(),
+                    header: String::from_utf8(r.headers["h"].clone()).unwrap(),
+                    timestamp: r.timestamp.timestamp_millis(),
+                };
+                read.insert((partition, record.offset), sent);
+                offset = record.offset + 1;
+            }
+            if offset >= high_watermark {
+                break;
+            }
+        }
+    }
+    read
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn records_round_trip_through_bookies_with_every_codec() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = DevCluster::start(dir.path());
-    for compression in ["none", "snappy", "lz4"] {
+    for compression in ["none", "gzip", "snappy", "lz4", "zstd"] {
         round_trip(&cluster, compression).await;
     }
 }
