@@ -103,6 +103,13 @@ impl DevCluster {
             .expect("strata admin runs")
     }
 
+    /// Kills the process with SIGKILL: nothing is flushed or closed.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("cluster is running");
+        child.kill().expect("SIGKILL delivered");
+        child.wait().expect("killed process is reaped");
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn stop(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("cluster is running");
