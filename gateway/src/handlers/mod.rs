@@ -182,7 +182,7 @@ pub async fn handle(
         }
         ApiKey::ListOffsets => {
             let request = decode(&mut frame, version).map_err(malformed)?;
-            let body = list_offsets::handle(gatekeeper, request);
+            let body = list_offsets::handle(gatekeeper, request).await;
             encode(api, version, header.correlation_id, &body).map(Some)
         }
         ApiKey::CreateTopics => {

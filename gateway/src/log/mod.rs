@@ -2,3 +2,4 @@
 //! placed at their offsets.
 
 pub mod batch;
+pub mod time_lookup;
