@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use strata_bookie::{Bookie, BookieConfig};
 use strata_gateway::{Gateway, GatewayConfig};
 use strata_metadata::{MetadataConfig, MetadataServer};
+use tokio_util::sync::CancellationToken;
 
 /// How many bookies `strata dev` runs: enough for the default 3/3/2 quorums.
 const DEV_BOOKIES: i32 = 3;
@@ -39,7 +40,11 @@ fn grpc_addr(base_port: u16, offset: u16) -> SocketAddr {
 
 /// Runs the dev cluster until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let shutdown = shutdown::on_signal();
+    let signal = shutdown::on_signal();
+    // The gateway stops first, while metadata and bookies still serve it (it
+    // gives up its lease and its writers close cleanly); then the rest.
+    let gateway_stop = CancellationToken::new();
+    let storage_stop = CancellationToken::new();
     std::fs::create_dir_all(&args.data_dir)?;
 
     let metadata = MetadataServer::start(
@@ -48,7 +53,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.join("metadata"),
             ..MetadataConfig::default()
         },
-        shutdown.clone(),
+        storage_stop.clone(),
     )
     .await?;
     let metadata_addrs = vec![metadata.grpc_addr().to_string()];
@@ -63,7 +68,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 metadata_addrs: metadata_addrs.clone(),
                 ..BookieConfig::default()
             },
-            shutdown.clone(),
+            storage_stop.clone(),
         )
         .await?;
         bookies.push(bookie);
@@ -76,7 +81,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             metadata_addrs: metadata_addrs.clone(),
             ..GatewayConfig::default()
         },
-        shutdown.clone(),
+        gateway_stop.clone(),
     )
     .await?;
 
@@ -95,7 +100,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
 
+    signal.cancelled().await;
+    gateway_stop.cancel();
     gateway.wait().await;
+    storage_stop.cancel();
     for bookie in bookies {
         bookie.wait().await;
     }
