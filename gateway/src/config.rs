@@ -23,6 +23,19 @@ pub struct GatewayConfig {
     pub metadata_addrs: Vec<String>,
     /// Largest Kafka request frame accepted; a longer one closes the connection.
     pub max_frame_bytes: usize,
+    /// Requests of one connection handled at once (pipelining); the next
+    /// frame is not read until one of them is answered. At least 1.
+    pub max_inflight_requests_per_connection: usize,
+    /// Request bytes of one connection handled at once: no further frame is
+    /// read while the frames in flight add up to this much.
+    pub max_inflight_bytes_per_connection: usize,
+    /// Request bytes handled at once by the whole gateway, over all
+    /// connections: a frame waits (and its connection reads nothing more)
+    /// until earlier requests are answered.
+    pub max_inflight_bytes: usize,
+    /// Whether a Metadata request naming an unknown topic creates it, with
+    /// the default partition count, as Kafka's `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
     /// Bookies per segment this gateway opens (E).
     pub ensemble_size: usize,
     /// Bookies that store each entry (Qw).
@@ -58,6 +71,10 @@ impl Default for GatewayConfig {
             zone: String::new(),
             metadata_addrs: vec!["127.0.0.1:7600".into()],
             max_frame_bytes: 100 * 1024 * 1024,
+            max_inflight_requests_per_connection: 32,
+            max_inflight_bytes_per_connection: 64 * 1024 * 1024,
+            max_inflight_bytes: 512 * 1024 * 1024,
+            auto_create_topics: false,
             ensemble_size: 3,
             write_quorum: 3,
             ack_quorum: 2,

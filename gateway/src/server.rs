@@ -2,7 +2,7 @@
 //! its registration alive, and accepts client connections.
 
 use crate::config::GatewayConfig;
-use crate::connection::serve_connection;
+use crate::connection::{serve_connection, InflightLimits};
 use crate::handlers::Gatekeeper;
 use crate::partition::Partitions;
 use std::net::SocketAddr;
@@ -85,6 +85,7 @@ impl Gateway {
             config.log_options(),
         );
         tasks.spawn(partitions.clone().run(shutdown.clone()));
+        let limits = InflightLimits::from_config(&config);
         let gatekeeper = Arc::new(Gatekeeper::new(
             config,
             advertised_host,
@@ -96,6 +97,7 @@ impl Gateway {
         tasks.spawn(accept_loop(
             listener,
             gatekeeper,
+            limits,
             tasks.clone(),
             shutdown.clone(),
         ));
@@ -127,6 +129,7 @@ impl Gateway {
 async fn accept_loop(
     listener: TcpListener,
     gatekeeper: Arc<Gatekeeper>,
+    limits: InflightLimits,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -143,6 +146,7 @@ async fn accept_loop(
                     stream,
                     peer,
                     gatekeeper.clone(),
+                    limits.clone(),
                     shutdown.clone(),
                 ));
             }

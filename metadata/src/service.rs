@@ -185,6 +185,19 @@ impl MetadataService for MetadataGrpc {
         }))
     }
 
+    async fn alter_topic_configs(
+        &self,
+        request: Request<AlterTopicConfigsRequest>,
+    ) -> Result<Response<AlterTopicConfigsResponse>, Status> {
+        let reply = self
+            .propose(Op::AlterTopicConfigs(request.into_inner()))
+            .await?;
+        Ok(Response::new(AlterTopicConfigsResponse {
+            outcome: Some(outcome(&reply).clone()),
+            topic: reply.topic,
+        }))
+    }
+
     async fn list_topics(
         &self,
         _request: Request<ListTopicsRequest>,

@@ -14,15 +14,15 @@ mod segments;
 
 pub use segments::SegmentTable;
 
-use crate::topic_rules::{check_topic_config, check_topic_name};
-use std::collections::BTreeMap;
+use crate::topic_rules::{check_topic_config, check_topic_config_key, check_topic_name};
+use std::collections::{BTreeMap, BTreeSet};
 use strata_proto::error_code;
 use strata_proto::metadata::metadata_command::Op;
 use strata_proto::metadata::watch_event::Change as WatchChange;
 use strata_proto::metadata::{
-    BookieInfo, ClusterMeta, ClusterSnapshot, CommandReply, CommandRules, CommittedOffset,
-    CoordinatorSlot, CreateTopicRequest, GatewayInfo, MetadataCommand, Outcome, PartitionInfo,
-    SegmentInfo, TopicInfo,
+    AlterTopicConfigsRequest, BookieInfo, ClusterMeta, ClusterSnapshot, CommandReply, CommandRules,
+    CommittedOffset, ConfigOperation, CoordinatorSlot, CreateTopicRequest, GatewayInfo,
+    MetadataCommand, Outcome, PartitionInfo, SegmentInfo, TopicInfo,
 };
 
 /// Most partitions one topic may have.
@@ -182,6 +182,7 @@ impl ClusterState {
             Op::CreatePartitions(req) => {
                 self.create_partitions(&req.topic, req.new_total, req.validate_only)
             }
+            Op::AlterTopicConfigs(req) => self.alter_topic_configs(req),
             Op::OpenSegment(req) => self.open_segment(req),
             Op::SealSegment(req) => self.seal_segment(req),
             Op::MarkOffloaded(req) => self.mark_offloaded(req),
@@ -455,6 +456,62 @@ impl ClusterState {
         Ok((ok_reply(), changes))
     }
 
+    /// Sets and deletes a topic's configs: every change is checked first, then
+    /// all of them apply (or, with `validate_only`, none). With `replace`, keys
+    /// the changes do not set are removed, as Kafka's legacy AlterConfigs does.
+    fn alter_topic_configs(&mut self, req: &AlterTopicConfigsRequest) -> Checked {
+        let name = &req.topic;
+        let Some(topic) = self.topics.get(name) else {
+            return Err(Outcome::error(
+                error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic {name:?} does not exist"),
+            ));
+        };
+        let mut configs = if req.replace {
+            Default::default()
+        } else {
+            topic.configs.clone()
+        };
+        let mut seen = BTreeSet::new();
+        for change in &req.changes {
+            if !seen.insert(change.key.as_str()) {
+                return Err(Outcome::error(
+                    error_code::INVALID_REQUEST,
+                    format!("config {:?} is changed more than once", change.key),
+                ));
+            }
+            match ConfigOperation::try_from(change.op) {
+                Ok(ConfigOperation::Set) => {
+                    check_topic_config(&change.key, &change.value)?;
+                    configs.insert(change.key.clone(), change.value.clone());
+                }
+                Ok(ConfigOperation::Delete) => {
+                    check_topic_config_key(&change.key)?;
+                    configs.remove(&change.key);
+                }
+                Err(_) => {
+                    return Err(Outcome::error(
+                        error_code::INVALID_REQUEST,
+                        format!("unknown config operation {}", change.op),
+                    ))
+                }
+            }
+        }
+        let altered = TopicInfo {
+            configs,
+            ..topic.clone()
+        };
+        let reply = CommandReply {
+            topic: Some(altered.clone()),
+            ..ok_reply()
+        };
+        if req.validate_only || altered == *topic {
+            return Ok((reply, Vec::new()));
+        }
+        self.topics.insert(name.clone(), altered.clone());
+        Ok((reply, vec![Change::Topic(altered)]))
+    }
+
     /// Creates partitions `from..to` of a topic, unowned until the controller grants them.
     fn add_partitions(&mut self, topic: &str, from: u32, to: u32) -> Vec<Change> {
         (from..to)
@@ -653,6 +710,7 @@ pub(crate) mod tests {
         AllocateProducerIdsRequest, BookieHeartbeatRequest, CommitOffsetsRequest,
         CreatePartitionsRequest, DeleteTopicRequest, DeregisterGatewayRequest,
         GatewayHeartbeatRequest, InitCluster, RegisterBookieRequest, RegisterGatewayRequest,
+        TopicConfigChange,
     };
 
     pub(crate) fn rules() -> StateRules {
@@ -1063,6 +1121,157 @@ pub(crate) mod tests {
         // Non-ASCII hashes UTF-16 code units, as Java does: "é" is U+00E9 = 233.
         assert_eq!(coordinator_slot_for("é", 1000), 233);
         assert_eq!(coordinator_slot_for("anything", 0), 0);
+    }
+
+    fn set(key: &str, value: &str) -> TopicConfigChange {
+        TopicConfigChange {
+            key: key.into(),
+            value: value.into(),
+            op: ConfigOperation::Set as i32,
+        }
+    }
+
+    fn delete(key: &str) -> TopicConfigChange {
+        TopicConfigChange {
+            key: key.into(),
+            value: String::new(),
+            op: ConfigOperation::Delete as i32,
+        }
+    }
+
+    fn alter(topic: &str, changes: Vec<TopicConfigChange>) -> AlterTopicConfigsRequest {
+        AlterTopicConfigsRequest {
+            topic: topic.into(),
+            changes,
+            validate_only: false,
+            replace: false,
+        }
+    }
+
+    fn configs_of(state: &ClusterState, topic: &str) -> Vec<(String, String)> {
+        let mut configs: Vec<_> = state.topics[topic]
+            .configs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        configs.sort();
+        configs
+    }
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn alter_topic_configs_sets_and_deletes_and_publishes_the_topic() {
+        let mut state = ClusterState::default();
+        create(&mut state, "t", 1);
+        let first = alter(
+            "t",
+            vec![set("retention.ms", "1000"), set("segment.ms", "60000")],
+        );
+        assert_eq!(code(&mut state, 1, Op::AlterTopicConfigs(first)), 0);
+        let second = alter(
+            "t",
+            vec![delete("segment.ms"), set("cleanup.policy", "delete")],
+        );
+        let (reply, changes) = run(&mut state, 2, Op::AlterTopicConfigs(second));
+        assert!(outcome(&reply).is_ok());
+        let expected = pairs(&[("cleanup.policy", "delete"), ("retention.ms", "1000")]);
+        assert_eq!(configs_of(&state, "t"), expected);
+        assert_eq!(reply.topic.as_ref(), Some(&state.topics["t"]));
+        assert_eq!(changes, vec![Change::Topic(state.topics["t"].clone())]);
+        assert!(matches!(
+            watch_change(changes[0].clone()),
+            Some(WatchChange::TopicUpserted(t)) if t == state.topics["t"]
+        ));
+        // Identity is kept: only configs change.
+        assert_eq!(state.topics["t"].partition_count, 1);
+        assert_eq!(state.topics["t"].topic_id.len(), 16);
+    }
+
+    #[test]
+    fn alter_topic_configs_is_all_or_nothing() {
+        let mut state = ClusterState::default();
+        create(&mut state, "t", 1);
+        let good = set("retention.bytes", "4096");
+        let cases = [
+            (set("retention.ms", "soon"), error_code::INVALID_CONFIG),
+            (set("no.such.config", "1"), error_code::INVALID_CONFIG),
+            (delete("no.such.config"), error_code::INVALID_CONFIG),
+            (set("segment.ms", "0"), error_code::INVALID_CONFIG),
+            (
+                TopicConfigChange {
+                    op: 7,
+                    ..set("segment.ms", "1")
+                },
+                error_code::INVALID_REQUEST,
+            ),
+            // The same key twice.
+            (delete("retention.bytes"), error_code::INVALID_REQUEST),
+        ];
+        for (bad, expected) in cases {
+            // The good change comes first: it must not be kept either.
+            let op = Op::AlterTopicConfigs(alter("t", vec![good.clone(), bad]));
+            refused(&mut state, 1, op, expected);
+        }
+        let op = Op::AlterTopicConfigs(alter("missing", vec![good]));
+        refused(&mut state, 1, op, error_code::UNKNOWN_TOPIC_OR_PARTITION);
+        assert!(state.topics["t"].configs.is_empty());
+    }
+
+    #[test]
+    fn alter_topic_configs_validate_only_changes_nothing() {
+        let mut state = ClusterState::default();
+        create(&mut state, "t", 1);
+        let before = state.clone();
+        let req = AlterTopicConfigsRequest {
+            validate_only: true,
+            ..alter("t", vec![set("retention.ms", "1000")])
+        };
+        let (reply, changes) = run(&mut state, 1, Op::AlterTopicConfigs(req));
+        assert!(outcome(&reply).is_ok());
+        let would_be = reply.topic.expect("the topic as it would be");
+        assert_eq!(
+            would_be.configs.get("retention.ms").map(String::as_str),
+            Some("1000")
+        );
+        assert!(changes.is_empty());
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn alter_topic_configs_replace_drops_unnamed_keys() {
+        let mut state = ClusterState::default();
+        create(&mut state, "t", 1);
+        let first = alter(
+            "t",
+            vec![set("retention.ms", "1000"), set("segment.ms", "9")],
+        );
+        assert_eq!(code(&mut state, 1, Op::AlterTopicConfigs(first)), 0);
+        let replace = AlterTopicConfigsRequest {
+            replace: true,
+            ..alter("t", vec![set("retention.bytes", "4096")])
+        };
+        assert_eq!(code(&mut state, 2, Op::AlterTopicConfigs(replace)), 0);
+        assert_eq!(
+            configs_of(&state, "t"),
+            pairs(&[("retention.bytes", "4096")])
+        );
+    }
+
+    #[test]
+    fn alter_topic_configs_that_change_nothing_publish_nothing() {
+        let mut state = ClusterState::default();
+        create(&mut state, "t", 1);
+        let op = || Op::AlterTopicConfigs(alter("t", vec![set("retention.ms", "1000")]));
+        assert_eq!(run(&mut state, 1, op()).1.len(), 1);
+        let (reply, changes) = run(&mut state, 2, op());
+        assert!(outcome(&reply).is_ok());
+        assert!(changes.is_empty());
     }
 
     #[test]

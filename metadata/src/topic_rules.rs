@@ -1,4 +1,5 @@
-//! Kafka's rules for topic names and topic configs, checked by the state machine.
+//! Kafka's rules for topic names and topic configs, checked by the state
+//! machine, and the defaults of the topic configs Strata honours.
 
 use strata_proto::error_code;
 use strata_proto::metadata::Outcome;
@@ -33,52 +34,177 @@ pub fn check_topic_name(name: &str) -> Result<(), Outcome> {
     Ok(())
 }
 
-/// The kind of value a topic config takes.
+/// The kind of value a topic config takes, as checked.
 #[derive(Clone, Copy)]
 enum ConfigKind {
     /// A signed integer; `-1` means unlimited where Kafka allows it.
     Long { min: i64 },
     /// One of a fixed set of words.
     OneOf(&'static [&'static str]),
+    /// A comma-separated list of one or more words from a fixed set.
+    ListOf(&'static [&'static str]),
 }
 
-/// Topic configs Strata understands, with the kind of value each takes.
-const TOPIC_CONFIGS: &[(&str, ConfigKind)] = &[
-    ("retention.ms", ConfigKind::Long { min: -1 }),
-    ("retention.bytes", ConfigKind::Long { min: -1 }),
-    ("local.retention.ms", ConfigKind::Long { min: -2 }),
-    ("local.retention.bytes", ConfigKind::Long { min: -2 }),
-    ("segment.bytes", ConfigKind::Long { min: 1024 }),
-    ("segment.ms", ConfigKind::Long { min: 1 }),
-    ("max.message.bytes", ConfigKind::Long { min: 0 }),
-    ("min.insync.replicas", ConfigKind::Long { min: 1 }),
-    (
+/// The type Kafka reports for a config (DescribeConfigs' `config_type`); list
+/// configs also take Kafka's APPEND and SUBTRACT operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    /// Free text or one word of a set.
+    String,
+    /// A 32-bit integer.
+    Int,
+    /// A 64-bit integer.
+    Long,
+    /// A comma-separated list.
+    List,
+}
+
+/// One topic config Strata understands.
+struct TopicConfig {
+    key: &'static str,
+    kind: ConfigKind,
+    config_type: ConfigType,
+    /// The value of a topic that does not set it, for the configs Strata
+    /// honours; `None` for configs accepted for compatibility only.
+    default: Option<&'static str>,
+}
+
+const fn config(
+    key: &'static str,
+    kind: ConfigKind,
+    config_type: ConfigType,
+    default: Option<&'static str>,
+) -> TopicConfig {
+    TopicConfig {
+        key,
+        kind,
+        config_type,
+        default,
+    }
+}
+
+/// Topic configs Strata understands, with the kind of value each takes and,
+/// for those it honours, its default (Kafka's).
+const TOPIC_CONFIGS: &[TopicConfig] = &[
+    config(
+        "retention.ms",
+        ConfigKind::Long { min: -1 },
+        ConfigType::Long,
+        Some("604800000"),
+    ),
+    config(
+        "retention.bytes",
+        ConfigKind::Long { min: -1 },
+        ConfigType::Long,
+        Some("-1"),
+    ),
+    config(
+        "local.retention.ms",
+        ConfigKind::Long { min: -2 },
+        ConfigType::Long,
+        None,
+    ),
+    config(
+        "local.retention.bytes",
+        ConfigKind::Long { min: -2 },
+        ConfigType::Long,
+        None,
+    ),
+    config(
+        "segment.bytes",
+        ConfigKind::Long { min: 1024 },
+        ConfigType::Int,
+        Some("1073741824"),
+    ),
+    config(
+        "segment.ms",
+        ConfigKind::Long { min: 1 },
+        ConfigType::Long,
+        Some("604800000"),
+    ),
+    config(
+        "max.message.bytes",
+        ConfigKind::Long { min: 0 },
+        ConfigType::Int,
+        Some("1048588"),
+    ),
+    config(
+        "min.insync.replicas",
+        ConfigKind::Long { min: 1 },
+        ConfigType::Int,
+        None,
+    ),
+    config(
         "message.timestamp.difference.max.ms",
         ConfigKind::Long { min: 0 },
+        ConfigType::Long,
+        None,
     ),
-    ("cleanup.policy", ConfigKind::OneOf(&["delete"])),
-    (
+    config(
+        "cleanup.policy",
+        ConfigKind::ListOf(&["delete"]),
+        ConfigType::List,
+        Some("delete"),
+    ),
+    config(
         "message.timestamp.type",
         ConfigKind::OneOf(&["CreateTime", "LogAppendTime"]),
+        ConfigType::String,
+        Some("CreateTime"),
     ),
-    (
+    config(
         "compression.type",
         ConfigKind::OneOf(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]),
+        ConfigType::String,
+        None,
     ),
 ];
+
+fn find(key: &str) -> Option<&'static TopicConfig> {
+    TOPIC_CONFIGS.iter().find(|c| c.key == key)
+}
+
+/// The topic configs Strata honours, each with the value a topic has when it
+/// does not set it.
+pub fn topic_config_defaults() -> impl Iterator<Item = (&'static str, &'static str)> {
+    TOPIC_CONFIGS
+        .iter()
+        .filter_map(|c| c.default.map(|default| (c.key, default)))
+}
+
+/// The default of a topic config Strata honours.
+pub fn topic_config_default(key: &str) -> Option<&'static str> {
+    find(key).and_then(|c| c.default)
+}
+
+/// The Kafka type of a known topic config.
+pub fn topic_config_type(key: &str) -> Option<ConfigType> {
+    find(key).map(|c| c.config_type)
+}
+
+/// The topic config named `key`, or INVALID_CONFIG.
+fn known(key: &str) -> Result<&'static TopicConfig, Outcome> {
+    find(key).ok_or_else(|| {
+        Outcome::error(
+            error_code::INVALID_CONFIG,
+            format!("unknown topic config {key:?}"),
+        )
+    })
+}
+
+/// Checks that `key` is a topic config Strata knows; INVALID_CONFIG otherwise.
+pub fn check_topic_config_key(key: &str) -> Result<(), Outcome> {
+    known(key).map(|_| ())
+}
 
 /// Checks one topic config key and value; unknown keys and bad values are
 /// refused with INVALID_CONFIG.
 pub fn check_topic_config(key: &str, value: &str) -> Result<(), Outcome> {
-    let Some((_, kind)) = TOPIC_CONFIGS.iter().find(|(k, _)| *k == key) else {
-        return Err(Outcome::error(
-            error_code::INVALID_CONFIG,
-            format!("unknown topic config {key:?}"),
-        ));
-    };
-    let ok = match kind {
-        ConfigKind::Long { min } => value.parse::<i64>().is_ok_and(|v| v >= *min),
+    let config = known(key)?;
+    let ok = match config.kind {
+        ConfigKind::Long { min } => value.parse::<i64>().is_ok_and(|v| v >= min),
         ConfigKind::OneOf(words) => words.contains(&value),
+        ConfigKind::ListOf(words) => value.split(',').all(|item| words.contains(&item.trim())),
     };
     if ok {
         Ok(())
@@ -121,7 +247,24 @@ mod tests {
         assert!(check_topic_config("retention.ms", "soon").is_err());
         assert!(check_topic_config("cleanup.policy", "delete").is_ok());
         assert!(check_topic_config("cleanup.policy", "shred").is_err());
+        assert!(check_topic_config("cleanup.policy", "delete,compact").is_err());
+        assert!(check_topic_config("cleanup.policy", "").is_err());
+        assert!(check_topic_config("message.timestamp.type", "LogAppendTime").is_ok());
         let err = check_topic_config("no.such.config", "1").unwrap_err();
         assert_eq!(err.error_code, error_code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn every_default_is_a_valid_value() {
+        let defaults: Vec<_> = topic_config_defaults().collect();
+        assert_eq!(defaults.len(), 7, "{defaults:?}");
+        for (key, value) in defaults {
+            assert!(check_topic_config(key, value).is_ok(), "{key}={value}");
+            assert_eq!(topic_config_default(key), Some(value));
+        }
+        assert_eq!(topic_config_default("compression.type"), None);
+        assert_eq!(topic_config_type("cleanup.policy"), Some(ConfigType::List));
+        assert!(check_topic_config_key("compression.type").is_ok());
+        assert!(check_topic_config_key("no.such.config").is_err());
     }
 }

@@ -255,6 +255,18 @@ pub struct GatewayArgs {
     /// Largest Kafka request frame accepted, in bytes.
     #[arg(long, env = "STRATA_GATEWAY_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// Requests of one connection handled at once (pipelining).
+    #[arg(long, env = "STRATA_GATEWAY_MAX_INFLIGHT_REQUESTS_PER_CONNECTION")]
+    pub max_inflight_requests_per_connection: Option<usize>,
+    /// Request bytes of one connection in flight past which no frame is read.
+    #[arg(long, env = "STRATA_GATEWAY_MAX_INFLIGHT_BYTES_PER_CONNECTION")]
+    pub max_inflight_bytes_per_connection: Option<usize>,
+    /// Request bytes in flight over all connections of the gateway.
+    #[arg(long, env = "STRATA_GATEWAY_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<usize>,
+    /// Create unknown topics named in Metadata requests, with the default partition count.
+    #[arg(long, env = "STRATA_GATEWAY_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
 }
 
 impl GatewayArgs {
@@ -268,6 +280,16 @@ impl GatewayArgs {
         set(&mut config.zone, self.zone);
         set(&mut config.metadata_addrs, self.metadata_addrs);
         set(&mut config.max_frame_bytes, self.max_frame_bytes);
+        set(
+            &mut config.max_inflight_requests_per_connection,
+            self.max_inflight_requests_per_connection,
+        );
+        set(
+            &mut config.max_inflight_bytes_per_connection,
+            self.max_inflight_bytes_per_connection,
+        );
+        set(&mut config.max_inflight_bytes, self.max_inflight_bytes);
+        set(&mut config.auto_create_topics, self.auto_create_topics);
         Ok(config)
     }
 }

@@ -34,6 +34,15 @@ impl WireClient {
         version: i16,
         request: &Req,
     ) -> Resp {
+        let correlation_id = self.send(api, version, request);
+        let (answered, response) = self.receive(api, version);
+        assert_eq!(answered, correlation_id);
+        response
+    }
+
+    /// Sends one request without waiting for its response (pipelining);
+    /// returns its correlation id.
+    pub fn send<Req: Encodable>(&mut self, api: ApiKey, version: i16, request: &Req) -> i32 {
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id += 1;
         let header = RequestHeader::default()
@@ -47,13 +56,18 @@ impl WireClient {
             .unwrap();
         request.encode(&mut body, version).unwrap();
         self.send_frame(&body);
+        correlation_id
+    }
+
+    /// Reads the next response, which must answer `api` v`version`; returns
+    /// its correlation id and body.
+    pub fn receive<Resp: Decodable>(&mut self, api: ApiKey, version: i16) -> (i32, Resp) {
         let mut response = self.read_frame().expect("a response frame");
         let header =
             ResponseHeader::decode(&mut response, api.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, correlation_id);
         let decoded = Resp::decode(&mut response, version).unwrap();
         assert_eq!(response.remaining(), 0, "whole response decoded");
-        decoded
+        (header.correlation_id, decoded)
     }
 
     /// Writes a length-prefixed frame.

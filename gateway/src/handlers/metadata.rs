@@ -1,5 +1,6 @@
 //! Metadata: the live gateways as brokers, the controller, the cluster id, and
 //! each requested topic's partitions with their owning gateway as leader.
+//! With `auto_create_topics`, named topics that do not exist are created first.
 
 use super::Gatekeeper;
 use kafka_protocol::messages::metadata_response::{
@@ -7,20 +8,97 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use std::collections::HashSet;
+use std::time::Duration;
 use strata_metadata::cache::CachedState;
-use strata_proto::metadata::TopicInfo;
+use strata_proto::error_code;
+use strata_proto::metadata::{CreateTopicRequest, TopicInfo};
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const LEADER_NOT_AVAILABLE: i16 = 5;
 const INVALID_TOPIC_EXCEPTION: i16 = 17;
 const UNKNOWN_TOPIC_ID: i16 = 100;
+/// Partition count that asks metadata for its default.
+const DEFAULT_PARTITIONS: i32 = -1;
+/// How long a Metadata request that created topics waits for them to reach
+/// this gateway's cache; one still missing is answered LEADER_NOT_AVAILABLE,
+/// and the client asks again.
+const AUTO_CREATE_WAIT: Duration = Duration::from_secs(2);
 
-/// Answers a Metadata request from the cluster cache.
-pub fn handle(gatekeeper: &Gatekeeper, request: MetadataRequest, version: i16) -> MetadataResponse {
+/// Answers a Metadata request from the cluster cache, creating the unknown
+/// topics it names first when the gateway auto-creates topics and the client
+/// allows it.
+pub async fn handle(
+    gatekeeper: &Gatekeeper,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    let created = if gatekeeper.config.auto_create_topics && request.allow_auto_topic_creation {
+        create_missing(gatekeeper, &request).await
+    } else {
+        HashSet::new()
+    };
     let now_ms = strata_metadata::now_ms();
     gatekeeper
         .cache()
-        .read(|state| respond(gatekeeper, state, request, version, now_ms))
+        .read(|state| respond(gatekeeper, state, request, version, now_ms, &created))
+}
+
+/// Creates the topics `request` names that this gateway's cache does not
+/// have, with the default partition count, and waits (briefly) until the cache
+/// has them. Returns the names that exist now or are being created. Names
+/// starting with `__` are left alone: Kafka keeps them for internal topics.
+async fn create_missing(gatekeeper: &Gatekeeper, request: &MetadataRequest) -> HashSet<String> {
+    let named = request
+        .topics
+        .iter()
+        .flatten()
+        .filter_map(|t| t.name.as_ref());
+    let missing: Vec<String> = gatekeeper.cache().read(|state| {
+        named
+            .map(|name| name.0.to_string())
+            .filter(|name| !state.topics.contains_key(name))
+            .filter(|name| !name.starts_with("__"))
+            .filter(|name| strata_metadata::topic_rules::check_topic_name(name).is_ok())
+            .collect()
+    });
+    let mut created = HashSet::new();
+    for name in missing {
+        let create = CreateTopicRequest {
+            name: name.clone(),
+            partition_count: DEFAULT_PARTITIONS,
+            configs: Default::default(),
+            validate_only: false,
+        };
+        let result = gatekeeper
+            .client()
+            .call(|mut c| {
+                let create = create.clone();
+                async move { c.create_topic(create).await }
+            })
+            .await;
+        match result.map(|reply| reply.outcome.unwrap_or_default()) {
+            Ok(outcome)
+                if outcome.is_ok() || outcome.error_code == error_code::TOPIC_ALREADY_EXISTS =>
+            {
+                tracing::info!(topic = %name, "auto-created topic");
+                created.insert(name);
+            }
+            Ok(outcome) => {
+                tracing::warn!(topic = %name, error = %outcome.error_message, "auto-creating topic refused")
+            }
+            Err(error) => tracing::warn!(topic = %name, %error, "auto-creating topic failed"),
+        }
+    }
+    if !created.is_empty() {
+        gatekeeper
+            .cache()
+            .wait_for(AUTO_CREATE_WAIT, |state| {
+                created.iter().all(|name| state.topics.contains_key(name))
+            })
+            .await;
+    }
+    created
 }
 
 fn respond(
@@ -29,6 +107,7 @@ fn respond(
     request: MetadataRequest,
     version: i16,
     now_ms: u64,
+    created: &HashSet<String>,
 ) -> MetadataResponse {
     let mut brokers: Vec<MetadataResponseBroker> = state
         .live_gateways(now_ms)
@@ -67,12 +146,13 @@ fn respond(
                 Some(name) => match state.topics.get(name.0.as_str()) {
                     Some(topic) => describe_topic(state, topic, &live),
                     None => {
-                        let code =
-                            if strata_metadata::topic_rules::check_topic_name(&name.0).is_ok() {
-                                UNKNOWN_TOPIC_OR_PARTITION
-                            } else {
-                                INVALID_TOPIC_EXCEPTION
-                            };
+                        let code = if created.contains(name.0.as_str()) {
+                            LEADER_NOT_AVAILABLE
+                        } else if strata_metadata::topic_rules::check_topic_name(&name.0).is_ok() {
+                            UNKNOWN_TOPIC_OR_PARTITION
+                        } else {
+                            INVALID_TOPIC_EXCEPTION
+                        };
                         MetadataResponseTopic::default()
                             .with_name(Some(name))
                             .with_error_code(code)

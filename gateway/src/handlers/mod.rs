@@ -2,7 +2,9 @@
 //! handler module, and encodes the response with the right header version.
 
 mod api_versions;
+mod configs;
 mod fetch;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -28,6 +30,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// The versions of `api_key` this gateway accepts, if it implements it.
@@ -165,7 +171,7 @@ pub async fn handle(
         }
         ApiKey::Metadata => {
             let request = decode(&mut frame, version).map_err(malformed)?;
-            let body = metadata::handle(gatekeeper, request, version);
+            let body = metadata::handle(gatekeeper, request, version).await;
             encode(api, version, header.correlation_id, &body).map(Some)
         }
         ApiKey::Produce => {
@@ -198,6 +204,26 @@ pub async fn handle(
         ApiKey::CreatePartitions => {
             let request = decode(&mut frame, version).map_err(malformed)?;
             let body = topics::create_partitions(gatekeeper, request).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::InitProducerId => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = init_producer_id::handle(gatekeeper, request).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::DescribeConfigs => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = configs::describe_configs(gatekeeper, request);
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::AlterConfigs => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = configs::alter_configs(gatekeeper, request).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = configs::incremental_alter_configs(gatekeeper, request).await;
             encode(api, version, header.correlation_id, &body).map(Some)
         }
         other => Err(RequestError::Unsupported {

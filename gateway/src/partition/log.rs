@@ -1,8 +1,10 @@
 //! The log of one partition this gateway serves: the sequencer that gives
 //! batches their offsets and writes them through the ledger writer in order,
 //! the high watermark that readers wait on, recent batches kept in memory, and
-//! reads of older batches from bookies.
+//! reads of older batches from bookies. The sequencer also applies idempotent
+//! producers' sequence rules (see [`super::producers`]).
 
+use super::producers::{ProducerBatch, ProducerStates, Verdict, WrittenBatch};
 use crate::log::batch::RecordBatch;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -27,6 +29,11 @@ pub struct Appended {
 struct Sequencer {
     next_offset: i64,
     writer: LedgerWriter,
+    /// Idempotent producers' sequence state, updated when a batch gets its
+    /// offsets (not when it is confirmed) so that the next batch in flight is
+    /// checked against it. If a write fails the log is broken and replaced,
+    /// and the new log rebuilds the state from what the segment really holds.
+    producers: ProducerStates,
 }
 
 /// One partition's log, for as long as this gateway serves it at one epoch.
@@ -45,7 +52,7 @@ pub struct PartitionLog {
 
 impl PartitionLog {
     /// A log whose next offset (and high watermark) is `next_offset`, writing
-    /// to `writer`'s segment.
+    /// to `writer`'s segment, knowing the idempotent producers in `producers`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         topic: String,
@@ -54,6 +61,7 @@ impl PartitionLog {
         next_offset: i64,
         log_start_offset: i64,
         writer: LedgerWriter,
+        producers: ProducerStates,
         recent_bytes: usize,
         cache: ClusterCache,
         pool: BookiePool,
@@ -65,6 +73,7 @@ impl PartitionLog {
             sequencer: Mutex::new(Sequencer {
                 next_offset,
                 writer,
+                producers,
             }),
             high_watermark: watch::Sender::new(next_offset),
             log_start_offset,
@@ -103,7 +112,10 @@ impl PartitionLog {
 
     /// Appends one batch: gives it the next offsets (and the append time if
     /// `log_append_time`), writes it to the segment's bookies, and returns once
-    /// it is confirmed. Errors are Kafka error codes for the producer.
+    /// it is confirmed. A batch of an idempotent producer must be the
+    /// producer's next one; a retry of one of its last five batches is not
+    /// written again but answered, once confirmed, with the original offsets.
+    /// Errors are Kafka error codes for the producer.
     pub async fn append(
         &self,
         mut batch: RecordBatch,
@@ -112,6 +124,20 @@ impl PartitionLog {
         let mut sequencer = self.sequencer.lock().await;
         if self.is_broken() {
             return Err(super::NOT_SERVED);
+        }
+        let producer = ProducerBatch::of(&batch);
+        if let Some(producer) = &producer {
+            match sequencer.producers.check(producer) {
+                Ok(Verdict::Append) => {}
+                Ok(Verdict::Duplicate(original)) => {
+                    drop(sequencer);
+                    return self.duplicate(original).await;
+                }
+                Err(error) => {
+                    tracing::debug!(topic = %self.topic, partition = self.partition, %error, "batch refused");
+                    return Err(error.code());
+                }
+            }
         }
         let base_offset = sequencer.next_offset;
         let log_append_time_ms = if log_append_time {
@@ -129,6 +155,16 @@ impl PartitionLog {
             Err(error) => return Err(self.writer_failed(&error)),
         };
         sequencer.next_offset = next_offset;
+        if let Some(producer) = &producer {
+            let written = WrittenBatch {
+                first_sequence: producer.first_sequence,
+                last_sequence: producer.last_sequence,
+                base_offset,
+                last_offset: next_offset - 1,
+                log_append_time_ms,
+            };
+            sequencer.producers.record(producer, written);
+        }
         self.recent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -147,6 +183,26 @@ impl PartitionLog {
         }
     }
 
+    /// Answers a retried batch once its original is confirmed, like Kafka
+    /// (which holds a duplicate's answer until the high watermark passes the
+    /// original). If the log breaks first, the original may be lost: the
+    /// producer retries on the partition's next log, which knows whether it was.
+    async fn duplicate(&self, original: WrittenBatch) -> Result<Appended, i16> {
+        let mut high_watermark = self.high_watermark.subscribe();
+        loop {
+            if *high_watermark.borrow_and_update() > original.last_offset {
+                return Ok(Appended {
+                    base_offset: original.base_offset,
+                    log_append_time_ms: original.log_append_time_ms,
+                });
+            }
+            // `writer_failed` wakes this watch after marking the log broken.
+            if self.is_broken() || high_watermark.changed().await.is_err() {
+                return Err(super::NOT_SERVED);
+            }
+        }
+    }
+
     fn writer_failed(&self, error: &strata_bookie::ledger::LedgerError) -> i16 {
         if !self.broken.swap(true, Ordering::AcqRel) {
             tracing::warn!(
@@ -155,6 +211,8 @@ impl PartitionLog {
                 %error,
                 "segment writer failed; the partition's segment will be recovered and rolled"
             );
+            // Wake duplicates waiting for their original's confirmation.
+            self.high_watermark.send_modify(|_| {});
         }
         if error.is_fenced() {
             super::NOT_SERVED

@@ -1,12 +1,18 @@
 //! The partitions this gateway serves: which ones metadata grants it, taking
 //! them over (recover and seal the previous segment, open a new one), and the
 //! log of each — appends through the ledger client, reads from recent batches
-//! or from bookies.
+//! or from bookies — with the sequence state of idempotent producers, and the
+//! producer ids handed out to them.
 
 mod log;
+mod producer_ids;
+pub mod producers;
+mod rebuild;
 mod takeover;
 
 pub use log::{Appended, PartitionLog};
+pub use producer_ids::{ProducerIdError, ProducerIds, PRODUCER_ID_BLOCK};
+pub use rebuild::{RebuildError, REBUILD_BYTES};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -40,6 +46,7 @@ pub struct Partitions {
     pool: BookiePool,
     options: LogOptions,
     logs: RwLock<HashMap<(String, u32), Arc<PartitionLog>>>,
+    producer_ids: ProducerIds,
 }
 
 impl Partitions {
@@ -54,11 +61,17 @@ impl Partitions {
         Arc::new(Self {
             node_id,
             cache,
+            producer_ids: ProducerIds::new(client.clone()),
             client,
             pool,
             options,
             logs: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// The producer ids this gateway hands out to idempotent producers.
+    pub fn producer_ids(&self) -> &ProducerIds {
+        &self.producer_ids
     }
 
     /// The log of a partition this gateway serves and is ready to serve, or the

@@ -2,7 +2,8 @@
 //! new leader epoch, recover the partition's open segment (fence it at the new
 //! epoch, find its last entry, seal it there in metadata), open the next segment
 //! on a fresh ensemble, and only then serve. A log whose writer failed is taken
-//! over again the same way (seal and roll).
+//! over again the same way (seal and roll). Before serving, idempotent
+//! producers' state is rebuilt from the tail of the log (see [`super::rebuild`]).
 
 use super::{PartitionLog, Partitions};
 use crate::log::batch::RecordBatch;
@@ -33,6 +34,8 @@ enum TakeoverError {
     Refused(String),
     #[error("the last entry of segment {0} is not a record batch: {1}")]
     BadEntry(u64, String),
+    #[error("rebuilding producer state: {0}")]
+    Rebuild(#[from] super::RebuildError),
 }
 
 /// Keeps the set of served logs equal to what metadata grants this gateway.
@@ -131,6 +134,9 @@ async fn try_take_over(
         .first()
         .map(|s| s.base_offset)
         .unwrap_or(next_offset);
+    let producers =
+        super::rebuild::producer_states(&partitions.pool, &bookies, &segments, next_offset).await?;
+    tracing::debug!(%topic, partition, producers = producers.len(), "rebuilt producer state");
     let options = &partitions.options;
     let ensemble = partitions.cache.read(|state| {
         choose_ensemble_from_cache(state, strata_metadata::now_ms(), options.ensemble_size, &[])
@@ -166,6 +172,7 @@ async fn try_take_over(
         next_offset,
         log_start_offset,
         writer,
+        producers,
         options.recent_bytes_per_partition,
         partitions.cache.clone(),
         partitions.pool.clone(),
