@@ -1,7 +1,7 @@
 //! Produce throughput with librdkafka against a running cluster, acks=all.
 //!
 //! ```sh
-//! cargo run --release -- dev --data-dir /tmp/strata-bench &    # a cluster
+//! cargo run --release -- dev --data-dir ./strata-bench-data &   # a cluster
 //! cargo run --release --example produce_throughput -- 127.0.0.1:9092 200000 1024
 //! ```
 //! Arguments: bootstrap servers, record count, record size in bytes.

@@ -7,12 +7,12 @@
 //! in request order whatever order the handlers finish in; a request that
 //! wants no response (Produce with acks=0) simply writes nothing.
 //!
-//! Produce requests of one connection are handled one after another, as Kafka
-//! brokers handle them: a produce starts once the previous one is answered, so
-//! batches reach each partition in the order the client sent them (a request
-//! naming several topics appends them one topic after another, so two
-//! produces in flight could otherwise pass each other on a partition). Every
-//! other request runs concurrently with them and with each other.
+//! Produce requests of one connection are placed one after another: a produce
+//! starts once the previous one has given every batch its offsets (its
+//! `SequencingDone` is released), so batches reach each partition in the order
+//! the client sent them, while the confirmations of several produces are
+//! awaited at once. Every other request runs concurrently with them and with
+//! each other.
 //!
 //! Memory is bounded three ways, all by back-pressure (the connection stops
 //! reading, and TCP pushes back on the client), never by queueing: at most
@@ -25,7 +25,7 @@
 //! beyond those bounds.
 
 use crate::config::GatewayConfig;
-use crate::handlers::{self, Gatekeeper, RequestError};
+use crate::handlers::{self, Gatekeeper, RequestError, SequencingDone};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -108,7 +108,7 @@ pub async fn serve_connection(
 ) {
     let max_frame_bytes = gatekeeper.config().max_frame_bytes;
     let gatekeeper: &Gatekeeper = &gatekeeper;
-    let handle = move |frame| handlers::handle(gatekeeper, frame);
+    let handle = move |frame, done| handlers::handle(gatekeeper, frame, SequencingDone(done));
     let (reader, writer) = stream.into_split();
     let closed = pipeline(
         reader,
@@ -180,7 +180,7 @@ async fn pipeline<R, W, H, Fut>(
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
-    H: Fn(Bytes) -> Fut,
+    H: Fn(Bytes, Option<oneshot::Sender<()>>) -> Fut,
     Fut: Future<Output = Result<Option<BytesMut>, RequestError>>,
 {
     // Kafka frames are a 4-byte big-endian size followed by the request.
@@ -212,8 +212,9 @@ where
                 // Nothing is ever sent: the sender is dropped once handled.
                 let _ = previous.await;
             }
-            let answer = handle(frame).await;
-            drop(done);
+            // The handler drops `done` once the request has taken its place
+            // (for Produce, once its batches are sequenced), or at its end.
+            let answer = handle(frame, done).await;
             (answer, permit, len)
         }
     };
@@ -415,9 +416,13 @@ mod tests {
         concurrency: Arc<Concurrency>,
     ) -> Result<(), Closed> {
         let (reader, writer) = tokio::io::split(server);
-        let handle = |frame| {
+        let handle = |frame, done: Option<oneshot::Sender<()>>| {
             let concurrency = concurrency.clone();
-            async move { fake_handle(frame, &concurrency).await }
+            async move {
+                let answer = fake_handle(frame, &concurrency).await;
+                drop(done);
+                answer
+            }
         };
         pipeline(
             reader,

@@ -133,10 +133,21 @@ pub enum RequestError {
     },
 }
 
+/// Dropped (or released) once a request that must keep its order among the
+/// connection's requests (Produce) has placed its batches; the connection
+/// starts the next such request then, without waiting for the answer.
+pub struct SequencingDone(pub Option<tokio::sync::oneshot::Sender<()>>);
+
+impl SequencingDone {
+    /// Lets the connection's next ordered request start.
+    pub fn release(self) {}
+}
+
 /// Answers one request frame. `Ok(None)` means the request wants no response.
 pub async fn handle(
     gatekeeper: &Gatekeeper,
     mut frame: Bytes,
+    sequenced: SequencingDone,
 ) -> Result<Option<BytesMut>, RequestError> {
     if frame.len() < 8 {
         return Err(RequestError::Truncated(frame.len()));
@@ -176,7 +187,7 @@ pub async fn handle(
         }
         ApiKey::Produce => {
             let request = decode(&mut frame, version).map_err(malformed)?;
-            match produce::handle(gatekeeper, request).await {
+            match produce::handle(gatekeeper, request, sequenced).await {
                 Some(body) => encode(api, version, header.correlation_id, &body).map(Some),
                 None => Ok(None),
             }

@@ -1,25 +1,35 @@
 //! Produce: each partition's batch is checked, given its offsets by the
 //! partition's sequencer, written to bookies, and answered once confirmed.
-//! Partitions of one request are appended concurrently.
+//! Batches are placed in request order; their confirmations are awaited
+//! together.
 
-use super::Gatekeeper;
+use super::{Gatekeeper, SequencingDone};
 use crate::log::batch::RecordBatch;
+use crate::partition::{PartitionLog, Sequenced};
 use futures::future::join_all;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
+use std::sync::Arc;
 use strata_proto::error_code;
 
 /// Topic config that makes the broker stamp batches with its append time.
 const TIMESTAMP_TYPE: &str = "message.timestamp.type";
 
-/// Appends every partition's batch; `None` when the producer wants no answer (acks=0).
-pub async fn handle(gatekeeper: &Gatekeeper, request: ProduceRequest) -> Option<ProduceResponse> {
+/// Appends every partition's batch; `None` when the producer wants no answer
+/// (acks=0). Every batch is first given its place in its partition's log, in
+/// request order; `sequenced` is then released, so that the connection's next
+/// Produce may be sequenced while this one waits for its confirmations.
+pub async fn handle(
+    gatekeeper: &Gatekeeper,
+    request: ProduceRequest,
+    sequenced: SequencingDone,
+) -> Option<ProduceResponse> {
     let acks = request.acks;
     let transactional = request.transactional_id.is_some();
-    let mut topics = Vec::with_capacity(request.topic_data.len());
+    let mut placed = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
-        let name = topic.name.clone();
+        let name = topic.name;
         let log_append_time = gatekeeper.cache().read(|state| {
             state
                 .topics
@@ -27,23 +37,51 @@ pub async fn handle(gatekeeper: &Gatekeeper, request: ProduceRequest) -> Option<
                 .and_then(|t| t.configs.get(TIMESTAMP_TYPE))
                 .is_some_and(|v| v == "LogAppendTime")
         });
-        let name: &str = name.as_str();
-        let appends = topic.partition_data.into_iter().map(|data| async move {
-            let index = data.index;
-            let result = if transactional {
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for data in topic.partition_data {
+            let step = if transactional {
                 Err((
                     error_code::UNSUPPORTED_VERSION as i16,
                     "transactions are not supported yet".to_string(),
                 ))
             } else {
-                append_one(gatekeeper, name, index, data.records, log_append_time).await
+                place(
+                    gatekeeper,
+                    name.as_str(),
+                    data.index,
+                    data.records,
+                    log_append_time,
+                )
+                .await
+            };
+            partitions.push((data.index, step));
+        }
+        placed.push((name, partitions));
+    }
+    sequenced.release();
+    let mut topics = Vec::with_capacity(placed.len());
+    for (name, partitions) in placed {
+        let confirms = partitions.into_iter().map(|(index, step)| async move {
+            let result = match step {
+                Ok((log, sequenced)) => log
+                    .confirm(sequenced)
+                    .await
+                    .map(|appended| {
+                        (
+                            appended.base_offset,
+                            appended.log_append_time_ms,
+                            log.log_start_offset(),
+                        )
+                    })
+                    .map_err(|code| (code, String::new())),
+                Err(refused) => Err(refused),
             };
             partition_response(index, result)
         });
-        let partitions = join_all(appends).await;
+        let partitions = join_all(confirms).await;
         topics.push(
             TopicProduceResponse::default()
-                .with_name(topic.name)
+                .with_name(name)
                 .with_partition_responses(partitions),
         );
     }
@@ -53,13 +91,16 @@ pub async fn handle(gatekeeper: &Gatekeeper, request: ProduceRequest) -> Option<
 /// What one partition's append came to.
 type PartitionResult = Result<(i64, i64, i64), (i16, String)>;
 
-async fn append_one(
+/// A batch placed in its partition's log, or why it was refused.
+type Placed = Result<(Arc<PartitionLog>, Sequenced), (i16, String)>;
+
+async fn place(
     gatekeeper: &Gatekeeper,
     topic: &str,
     index: i32,
     records: Option<bytes::Bytes>,
     log_append_time: bool,
-) -> PartitionResult {
+) -> Placed {
     let partition = u32::try_from(index).map_err(|_| {
         (
             error_code::UNKNOWN_TOPIC_OR_PARTITION as i16,
@@ -72,15 +113,11 @@ async fn append_one(
         .map_err(|code| (code, String::new()))?;
     let records = records.unwrap_or_default();
     let batch = RecordBatch::parse(&records).map_err(|e| (e.code, e.message))?;
-    let appended = log
-        .append(batch, log_append_time)
+    let sequenced = log
+        .sequence(batch, log_append_time)
         .await
         .map_err(|code| (code, String::new()))?;
-    Ok((
-        appended.base_offset,
-        appended.log_append_time_ms,
-        log.log_start_offset(),
-    ))
+    Ok((log, sequenced))
 }
 
 fn partition_response(index: i32, result: PartitionResult) -> PartitionProduceResponse {

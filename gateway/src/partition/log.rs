@@ -10,7 +10,7 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex as SyncMutex;
-use strata_bookie::ledger::{BookiePool, LedgerReader, LedgerSpec, LedgerWriter};
+use strata_bookie::ledger::{BookiePool, LedgerReader, LedgerSpec, LedgerWriter, PendingAdd};
 use strata_metadata::cache::ClusterCache;
 use strata_proto::error_code;
 use strata_proto::metadata::segment_info::State;
@@ -23,6 +23,20 @@ pub struct Appended {
     pub base_offset: i64,
     /// The broker's append time if the topic uses LogAppendTime, else -1.
     pub log_append_time_ms: i64,
+}
+
+/// A batch that has its place in the log, waiting for [`PartitionLog::confirm`].
+pub struct Sequenced(Step);
+
+enum Step {
+    /// Handed to the segment writer.
+    Written {
+        pending: PendingAdd,
+        appended: Appended,
+        next_offset: i64,
+    },
+    /// A retry of a batch already in the log.
+    Duplicate(WrittenBatch),
 }
 
 /// The writing side: only one append at a time gives out offsets.
@@ -112,15 +126,21 @@ impl PartitionLog {
 
     /// Appends one batch: gives it the next offsets (and the append time if
     /// `log_append_time`), writes it to the segment's bookies, and returns once
-    /// it is confirmed. A batch of an idempotent producer must be the
-    /// producer's next one; a retry of one of its last five batches is not
-    /// written again but answered, once confirmed, with the original offsets.
-    /// Errors are Kafka error codes for the producer.
-    pub async fn append(
+    /// it is confirmed. Errors are Kafka error codes for the producer.
+    pub async fn append(&self, batch: RecordBatch, log_append_time: bool) -> Result<Appended, i16> {
+        let sequenced = self.sequence(batch, log_append_time).await?;
+        self.confirm(sequenced).await
+    }
+
+    /// The first half of an append: checks the batch against its producer's
+    /// sequence, gives it its offsets and hands it to the segment writer. Batches
+    /// sequenced one after another land in the log in that order, whatever
+    /// order their confirmations are awaited in.
+    pub async fn sequence(
         &self,
         mut batch: RecordBatch,
         log_append_time: bool,
-    ) -> Result<Appended, i16> {
+    ) -> Result<Sequenced, i16> {
         let mut sequencer = self.sequencer.lock().await;
         if self.is_broken() {
             return Err(super::NOT_SERVED);
@@ -130,8 +150,7 @@ impl PartitionLog {
             match sequencer.producers.check(producer) {
                 Ok(Verdict::Append) => {}
                 Ok(Verdict::Duplicate(original)) => {
-                    drop(sequencer);
-                    return self.duplicate(original).await;
+                    return Ok(Sequenced(Step::Duplicate(original)))
                 }
                 Err(error) => {
                     tracing::debug!(topic = %self.topic, partition = self.partition, %error, "batch refused");
@@ -169,17 +188,33 @@ impl PartitionLog {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(base_offset, next_offset, bytes);
-        drop(sequencer);
-        match pending.await {
-            Ok(_) => {
-                self.high_watermark
-                    .send_if_modified(|hw| raise(hw, next_offset));
-                Ok(Appended {
-                    base_offset,
-                    log_append_time_ms,
-                })
-            }
-            Err(error) => Err(self.writer_failed(&error)),
+        Ok(Sequenced(Step::Written {
+            pending,
+            appended: Appended {
+                base_offset,
+                log_append_time_ms,
+            },
+            next_offset,
+        }))
+    }
+
+    /// The second half of an append: waits until the batch is confirmed (or,
+    /// for a retried batch, until its original is) and raises the high watermark.
+    pub async fn confirm(&self, sequenced: Sequenced) -> Result<Appended, i16> {
+        match sequenced.0 {
+            Step::Duplicate(original) => self.duplicate(original).await,
+            Step::Written {
+                pending,
+                appended,
+                next_offset,
+            } => match pending.await {
+                Ok(_) => {
+                    self.high_watermark
+                        .send_if_modified(|hw| raise(hw, next_offset));
+                    Ok(appended)
+                }
+                Err(error) => Err(self.writer_failed(&error)),
+            },
         }
     }
 

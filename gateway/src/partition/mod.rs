@@ -10,7 +10,7 @@ pub mod producers;
 mod rebuild;
 mod takeover;
 
-pub use log::{Appended, PartitionLog};
+pub use log::{Appended, PartitionLog, Sequenced};
 pub use producer_ids::{ProducerIdError, ProducerIds, PRODUCER_ID_BLOCK};
 pub use rebuild::{RebuildError, REBUILD_BYTES};
 
