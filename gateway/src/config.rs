@@ -42,9 +42,10 @@ pub struct GatewayConfig {
     pub write_quorum: usize,
     /// Bookie acks that confirm an entry (Qa).
     pub ack_quorum: usize,
-    /// Bytes of each served partition's newest batches kept in memory, so that
-    /// tailing consumers are served without reading bookies.
-    pub recent_bytes_per_partition: usize,
+    /// Bytes of recently appended batches kept in memory for all served
+    /// partitions together, so that tailing consumers are served without
+    /// reading bookies.
+    pub batch_cache_bytes: u64,
     /// How the gateway talks to bookies (in-flight bytes, timeouts).
     pub ledger: LedgerOptions,
 }
@@ -56,7 +57,7 @@ impl GatewayConfig {
             ensemble_size: self.ensemble_size,
             write_quorum: self.write_quorum,
             ack_quorum: self.ack_quorum,
-            recent_bytes_per_partition: self.recent_bytes_per_partition,
+            batch_cache_bytes: self.batch_cache_bytes,
         }
     }
 }
@@ -78,7 +79,7 @@ impl Default for GatewayConfig {
             ensemble_size: 3,
             write_quorum: 3,
             ack_quorum: 2,
-            recent_bytes_per_partition: 4 * 1024 * 1024,
+            batch_cache_bytes: 256 * 1024 * 1024,
             ledger: LedgerOptions::default(),
         }
     }

@@ -267,6 +267,18 @@ pub struct GatewayArgs {
     /// Create unknown topics named in Metadata requests, with the default partition count.
     #[arg(long, env = "STRATA_GATEWAY_AUTO_CREATE_TOPICS")]
     pub auto_create_topics: Option<bool>,
+    /// Bookies per segment the gateway opens (E).
+    #[arg(long, env = "STRATA_GATEWAY_ENSEMBLE_SIZE")]
+    pub ensemble_size: Option<usize>,
+    /// Bookies that store each entry (Qw).
+    #[arg(long, env = "STRATA_GATEWAY_WRITE_QUORUM")]
+    pub write_quorum: Option<usize>,
+    /// Bookie acks that confirm an entry (Qa).
+    #[arg(long, env = "STRATA_GATEWAY_ACK_QUORUM")]
+    pub ack_quorum: Option<usize>,
+    /// Bytes of recently appended batches kept in memory for tailing consumers.
+    #[arg(long, env = "STRATA_GATEWAY_BATCH_CACHE_BYTES")]
+    pub batch_cache_bytes: Option<u64>,
 }
 
 impl GatewayArgs {
@@ -290,6 +302,10 @@ impl GatewayArgs {
         );
         set(&mut config.max_inflight_bytes, self.max_inflight_bytes);
         set(&mut config.auto_create_topics, self.auto_create_topics);
+        set(&mut config.ensemble_size, self.ensemble_size);
+        set(&mut config.write_quorum, self.write_quorum);
+        set(&mut config.ack_quorum, self.ack_quorum);
+        set(&mut config.batch_cache_bytes, self.batch_cache_bytes);
         Ok(config)
     }
 }

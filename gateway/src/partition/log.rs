@@ -1,15 +1,16 @@
 //! The log of one partition this gateway serves: the sequencer that gives
 //! batches their offsets and writes them through the ledger writer in order,
-//! the high watermark that readers wait on, recent batches kept in memory, and
+//! the high watermark that readers wait on, recent batches kept in the
+//! gateway's batch cache, and
 //! reads of older batches from bookies. The sequencer also applies idempotent
 //! producers' sequence rules (see [`super::producers`]).
 
+use super::batch_cache::BatchCache;
 use super::producers::{ProducerBatch, ProducerStates, Verdict, WrittenBatch};
 use crate::log::batch::RecordBatch;
 use bytes::Bytes;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex as SyncMutex;
+use std::sync::Arc;
 use strata_bookie::ledger::{BookiePool, LedgerReader, LedgerSpec, LedgerWriter, PendingAdd};
 use strata_metadata::cache::ClusterCache;
 use strata_proto::error_code;
@@ -58,7 +59,8 @@ pub struct PartitionLog {
     sequencer: Mutex<Sequencer>,
     high_watermark: watch::Sender<i64>,
     log_start_offset: i64,
-    recent: SyncMutex<RecentBatches>,
+    log_id: u64,
+    batches: Arc<BatchCache>,
     broken: AtomicBool,
     cache: ClusterCache,
     pool: BookiePool,
@@ -76,7 +78,7 @@ impl PartitionLog {
         log_start_offset: i64,
         writer: LedgerWriter,
         producers: ProducerStates,
-        recent_bytes: usize,
+        batches: Arc<BatchCache>,
         cache: ClusterCache,
         pool: BookiePool,
     ) -> Self {
@@ -91,7 +93,8 @@ impl PartitionLog {
             }),
             high_watermark: watch::Sender::new(next_offset),
             log_start_offset,
-            recent: SyncMutex::new(RecentBatches::new(recent_bytes)),
+            log_id: batches.new_log_id(),
+            batches,
             broken: AtomicBool::new(false),
             cache,
             pool,
@@ -184,10 +187,8 @@ impl PartitionLog {
             };
             sequencer.producers.record(producer, written);
         }
-        self.recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(base_offset, next_offset, bytes);
+        self.batches
+            .insert(self.log_id, base_offset, next_offset, bytes);
         Ok(Sequenced(Step::Written {
             pending,
             appended: Appended {
@@ -267,11 +268,9 @@ impl PartitionLog {
         if offset == high_watermark {
             return Ok(Vec::new());
         }
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner()).read(
-            offset,
-            high_watermark,
-            max_bytes,
-        );
+        let recent = self
+            .batches
+            .read(self.log_id, offset, high_watermark, max_bytes);
         if let Some(batches) = recent {
             return Ok(batches);
         }
@@ -336,77 +335,5 @@ fn raise(high_watermark: &mut i64, to: i64) -> bool {
         true
     } else {
         false
-    }
-}
-
-/// The newest batches of a partition, bounded by bytes, for tailing readers.
-struct RecentBatches {
-    batches: VecDeque<(i64, i64, Bytes)>,
-    bytes: usize,
-    max_bytes: usize,
-}
-
-impl RecentBatches {
-    fn new(max_bytes: usize) -> Self {
-        Self {
-            batches: VecDeque::new(),
-            bytes: 0,
-            max_bytes,
-        }
-    }
-
-    /// Keeps a batch covering offsets `base..next`.
-    fn push(&mut self, base: i64, next: i64, bytes: Bytes) {
-        self.bytes += bytes.len();
-        self.batches.push_back((base, next, bytes));
-        while self.bytes > self.max_bytes && self.batches.len() > 1 {
-            if let Some((_, _, old)) = self.batches.pop_front() {
-                self.bytes -= old.len();
-            }
-        }
-    }
-
-    /// Batches from the one holding `offset`, below `high_watermark`; `None`
-    /// if that batch is no longer (or not yet) kept here.
-    fn read(&self, offset: i64, high_watermark: i64, max_bytes: usize) -> Option<Vec<Bytes>> {
-        let first = self.batches.front()?;
-        if offset < first.0 {
-            return None;
-        }
-        let start = self
-            .batches
-            .iter()
-            .position(|(_, next, _)| offset < *next)?;
-        let mut out = Vec::new();
-        let mut total = 0;
-        for (base, _, bytes) in self.batches.iter().skip(start) {
-            if *base >= high_watermark || (!out.is_empty() && total + bytes.len() > max_bytes) {
-                break;
-            }
-            total += bytes.len();
-            out.push(bytes.clone());
-        }
-        Some(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recent_batches_serve_from_the_batch_holding_the_offset() {
-        let mut recent = RecentBatches::new(100);
-        recent.push(0, 3, Bytes::from(vec![0; 40]));
-        recent.push(3, 5, Bytes::from(vec![1; 40]));
-        recent.push(5, 9, Bytes::from(vec![2; 40]));
-        // The first batch was evicted to stay under 100 bytes.
-        assert!(recent.read(1, 9, 1000).is_none());
-        assert_eq!(recent.read(4, 9, 1000).unwrap().len(), 2);
-        // Not past the high watermark, and at least one batch within max_bytes.
-        assert_eq!(recent.read(4, 5, 1000).unwrap().len(), 1);
-        assert_eq!(recent.read(3, 9, 10).unwrap().len(), 1);
-        // Past the newest batch: nothing kept here (the caller answers at the high watermark itself).
-        assert!(recent.read(9, 9, 1000).is_none());
     }
 }

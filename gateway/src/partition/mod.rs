@@ -4,6 +4,7 @@
 //! or from bookies — with the sequence state of idempotent producers, and the
 //! producer ids handed out to them.
 
+mod batch_cache;
 mod log;
 mod producer_ids;
 pub mod producers;
@@ -31,8 +32,9 @@ pub struct LogOptions {
     pub write_quorum: usize,
     /// Acks that confirm an entry (Qa).
     pub ack_quorum: usize,
-    /// Bytes of recent batches kept in memory per partition for tailing readers.
-    pub recent_bytes_per_partition: usize,
+    /// Bytes of recent batches kept in memory, for all partitions together,
+    /// so that tailing readers are served without reading bookies.
+    pub batch_cache_bytes: u64,
 }
 
 /// Kafka's answer while a partition is not (yet) served here.
@@ -47,6 +49,7 @@ pub struct Partitions {
     options: LogOptions,
     logs: RwLock<HashMap<(String, u32), Arc<PartitionLog>>>,
     producer_ids: ProducerIds,
+    batches: Arc<batch_cache::BatchCache>,
 }
 
 impl Partitions {
@@ -64,6 +67,7 @@ impl Partitions {
             producer_ids: ProducerIds::new(client.clone()),
             client,
             pool,
+            batches: Arc::new(batch_cache::BatchCache::new(options.batch_cache_bytes)),
             options,
             logs: RwLock::new(HashMap::new()),
         })

@@ -173,7 +173,7 @@ async fn try_take_over(
         log_start_offset,
         writer,
         producers,
-        options.recent_bytes_per_partition,
+        partitions.batches.clone(),
         partitions.cache.clone(),
         partitions.pool.clone(),
     ))
