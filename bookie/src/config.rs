@@ -79,7 +79,7 @@ impl Default for BookieConfig {
             gc_interval_ms: 60_000,
             gc_offloaded_grace_ms: 600_000,
             compaction_live_ratio: 0.5,
-            min_free_bytes: 512 * MIB,
+            min_free_bytes: 128 * MIB,
             disk_check_interval_ms: 1000,
         }
     }
