@@ -53,6 +53,8 @@ pub mod error_code {
     pub const NOT_ENOUGH_REPLICAS: i32 = 19;
     /// The request (or a part of it, such as transactions) is not supported.
     pub const UNSUPPORTED_VERSION: i32 = 35;
+    /// A produce request's `acks` is not -1, 0 or 1.
+    pub const INVALID_REQUIRED_ACKS: i32 = 21;
     /// The topic or partition does not exist.
     pub const UNKNOWN_TOPIC_OR_PARTITION: i32 = 3;
     /// The caller is not the partition's current owner.

@@ -26,6 +26,12 @@ pub async fn handle(
     sequenced: SequencingDone,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
+    if !matches!(acks, -1..=1) {
+        return Some(refuse_all(
+            request,
+            error_code::INVALID_REQUIRED_ACKS as i16,
+        ));
+    }
     let transactional = request.transactional_id.is_some();
     let mut placed = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
@@ -88,6 +94,25 @@ pub async fn handle(
     (acks != 0).then(|| ProduceResponse::default().with_responses(topics))
 }
 
+/// Answers every partition of `request` with `code`.
+fn refuse_all(request: ProduceRequest, code: i16) -> ProduceResponse {
+    let topics = request
+        .topic_data
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partition_data
+                .iter()
+                .map(|p| partition_response(p.index, Err((code, String::new()))))
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partitions)
+        })
+        .collect();
+    ProduceResponse::default().with_responses(topics)
+}
+
 /// What one partition's append came to.
 type PartitionResult = Result<(i64, i64, i64), (i16, String)>;
 
@@ -113,6 +138,12 @@ async fn place(
         .map_err(|code| (code, String::new()))?;
     let records = records.unwrap_or_default();
     let batch = RecordBatch::parse(&records).map_err(|e| (e.code, e.message))?;
+    if batch.is_control() || batch.is_transactional() {
+        return Err((
+            error_code::INVALID_RECORD as i16,
+            "control and transactional batches are not accepted from producers".to_string(),
+        ));
+    }
     let sequenced = log
         .sequence(batch, log_append_time)
         .await

@@ -65,6 +65,7 @@ async fn scan(
         if batches.is_empty() {
             break;
         }
+        let before = offset;
         for bytes in batches {
             let batch =
                 RecordBatch::parse(&bytes).map_err(|_| error_code::KAFKA_STORAGE_ERROR as i16)?;
@@ -76,6 +77,11 @@ async fn scan(
                 return Ok(());
             }
             offset = batch.last_offset() + 1;
+        }
+        if offset == before {
+            // The read gave nothing past `offset`: the log is not as its
+            // segments say, so stop rather than read the same place forever.
+            return Err(error_code::KAFKA_STORAGE_ERROR as i16);
         }
     }
     Ok(())

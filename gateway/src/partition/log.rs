@@ -11,11 +11,14 @@ use crate::log::batch::RecordBatch;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use strata_bookie::ledger::{BookiePool, LedgerReader, LedgerSpec, LedgerWriter, PendingAdd};
+use strata_bookie::ledger::{
+    BookiePool, LedgerError, LedgerReader, LedgerSpec, LedgerWriter, PendingAdd,
+};
 use strata_metadata::cache::ClusterCache;
 use strata_proto::error_code;
 use strata_proto::metadata::segment_info::State;
 use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,9 +35,10 @@ pub struct Sequenced(Step);
 enum Step {
     /// Handed to the segment writer.
     Written {
-        pending: PendingAdd,
+        /// Resolves when the entry is confirmed; the high watermark is raised
+        /// by this task whether or not anyone awaits it.
+        confirmed: JoinHandle<Result<i64, LedgerError>>,
         appended: Appended,
-        next_offset: i64,
     },
     /// A retry of a batch already in the log.
     Duplicate(WrittenBatch),
@@ -57,11 +61,11 @@ pub struct PartitionLog {
     partition: u32,
     leader_epoch: u32,
     sequencer: Mutex<Sequencer>,
-    high_watermark: watch::Sender<i64>,
+    high_watermark: Arc<watch::Sender<i64>>,
     log_start_offset: i64,
     log_id: u64,
     batches: Arc<BatchCache>,
-    broken: AtomicBool,
+    broken: Arc<AtomicBool>,
     cache: ClusterCache,
     pool: BookiePool,
 }
@@ -91,11 +95,11 @@ impl PartitionLog {
                 writer,
                 producers,
             }),
-            high_watermark: watch::Sender::new(next_offset),
+            high_watermark: Arc::new(watch::Sender::new(next_offset)),
             log_start_offset,
             log_id: batches.new_log_id(),
             batches,
-            broken: AtomicBool::new(false),
+            broken: Arc::new(AtomicBool::new(false)),
             cache,
             pool,
         }
@@ -190,13 +194,44 @@ impl PartitionLog {
         self.batches
             .insert(self.log_id, base_offset, next_offset, bytes);
         Ok(Sequenced(Step::Written {
-            pending,
+            confirmed: self.raise_when_confirmed(pending, next_offset),
             appended: Appended {
                 base_offset,
                 log_append_time_ms,
             },
-            next_offset,
         }))
+    }
+
+    /// Raises the high watermark to `next_offset` once `pending` is confirmed,
+    /// even if the request that appended it is gone (its connection closed):
+    /// later readers and retried duplicates must not wait on it.
+    fn raise_when_confirmed(
+        &self,
+        pending: PendingAdd,
+        next_offset: i64,
+    ) -> JoinHandle<Result<i64, LedgerError>> {
+        let high_watermark = Arc::clone(&self.high_watermark);
+        let broken = Arc::clone(&self.broken);
+        tokio::spawn(async move {
+            let confirmed = pending.await;
+            match &confirmed {
+                Ok(_) => {
+                    high_watermark.send_if_modified(|hw| raise(hw, next_offset));
+                }
+                Err(error) => {
+                    // The log takes no more; wake duplicates waiting on it.
+                    if !broken.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(
+                            %error,
+                            next_offset,
+                            "segment writer failed; the partition's segment will be recovered and rolled"
+                        );
+                    }
+                    high_watermark.send_modify(|_| {});
+                }
+            }
+            confirmed
+        })
     }
 
     /// The second half of an append: waits until the batch is confirmed (or,
@@ -205,16 +240,12 @@ impl PartitionLog {
         match sequenced.0 {
             Step::Duplicate(original) => self.duplicate(original).await,
             Step::Written {
-                pending,
+                confirmed,
                 appended,
-                next_offset,
-            } => match pending.await {
-                Ok(_) => {
-                    self.high_watermark
-                        .send_if_modified(|hw| raise(hw, next_offset));
-                    Ok(appended)
-                }
-                Err(error) => Err(self.writer_failed(&error)),
+            } => match confirmed.await {
+                Ok(Ok(_)) => Ok(appended),
+                Ok(Err(error)) => Err(self.writer_failed(&error)),
+                Err(_) => Err(super::NOT_SERVED),
             },
         }
     }
@@ -239,7 +270,7 @@ impl PartitionLog {
         }
     }
 
-    fn writer_failed(&self, error: &strata_bookie::ledger::LedgerError) -> i16 {
+    fn writer_failed(&self, error: &LedgerError) -> i16 {
         if !self.broken.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 topic = %self.topic,
