@@ -363,6 +363,7 @@ mod tests {
                 leader_epoch: 1,
                 end_offset,
                 bytes: 1,
+                max_timestamp: None,
             })
         };
         let ops = [

@@ -453,6 +453,7 @@ mod tests {
                 leader_epoch: 1,
                 end_offset,
                 bytes: 1_000,
+                max_timestamp: None,
             })
         };
         for (id, base) in [(1, 0), (2, 10), (3, 20)] {

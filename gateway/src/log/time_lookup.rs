@@ -1,10 +1,11 @@
 //! Offsets by timestamp for ListOffsets: the first record whose timestamp is at
 //! or after a target, and the record with the largest timestamp.
 //!
-//! Batches are scanned from the start of the log using their max timestamps,
-//! and only the batch that holds the answer is decoded to find the exact
-//! record. The scan reads the whole partition in the worst case; a per-segment
-//! time index will bound it.
+//! The per-segment time index (each sealed segment's largest timestamp, kept
+//! in metadata) skips the segments that end before the target; batches are
+//! then scanned using their max timestamps, and only the batch that holds the
+//! answer is decoded to find the exact record. Segments sealed by recovery have
+//! no index entry and are scanned.
 
 use super::batch::RecordBatch;
 use crate::partition::PartitionLog;
@@ -20,8 +21,19 @@ pub type Found = (i64, i64);
 
 /// The first record with a timestamp at or after `target`, if any.
 pub async fn first_at_or_after(log: &PartitionLog, target: i64) -> Result<Option<Found>, i16> {
+    // The per-segment time index: segments whose largest timestamp is known
+    // and earlier than the target hold no answer, so the scan starts after them.
+    let index = log.time_index();
+    let start = index
+        .iter()
+        .find(|(_, max)| max.is_none_or(|max| max >= target))
+        .map(|(base, _)| *base);
+    let Some(start) = start.or_else(|| (index.is_empty()).then_some(0)) else {
+        // Every segment ends before the target: no such record.
+        return Ok(None);
+    };
     let mut found = None;
-    scan(log, |bytes, batch, from| {
+    scan(log, start, |bytes, batch, from| {
         if batch.max_timestamp() < target {
             return true;
         }
@@ -35,7 +47,7 @@ pub async fn first_at_or_after(log: &PartitionLog, target: i64) -> Result<Option
 /// The record with the largest timestamp (the first of them on a tie), if any.
 pub async fn max_timestamp(log: &PartitionLog) -> Result<Option<Found>, i16> {
     let mut best: Option<(i64, Bytes, i64)> = None;
-    scan(log, |bytes, batch, from| {
+    scan(log, 0, |bytes, batch, from| {
         if best
             .as_ref()
             .is_none_or(|(ts, _, _)| batch.max_timestamp() > *ts)
@@ -53,13 +65,14 @@ pub async fn max_timestamp(log: &PartitionLog) -> Result<Option<Found>, i16> {
     )
 }
 
-/// Visits every readable batch in offset order with the first offset of it
-/// that is in the log, until `visit` returns false.
+/// Visits every readable batch from offset `from` in offset order with the
+/// first offset of it that is in the log, until `visit` returns false.
 async fn scan(
     log: &PartitionLog,
+    from: i64,
     mut visit: impl FnMut(&Bytes, &RecordBatch, i64) -> bool,
 ) -> Result<(), i16> {
-    let mut offset = log.log_start_offset();
+    let mut offset = log.log_start_offset().max(from);
     while offset < log.high_watermark() {
         let batches = log.read(offset, SCAN_STEP_BYTES).await?;
         if batches.is_empty() {

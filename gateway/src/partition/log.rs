@@ -7,16 +7,19 @@
 
 use super::batch_cache::BatchCache;
 use super::producers::{ProducerBatch, ProducerStates, Verdict, WrittenBatch};
+use super::Partitions;
 use crate::log::batch::RecordBatch;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::Weak;
 use strata_bookie::ledger::{
     BookiePool, LedgerError, LedgerReader, LedgerSpec, LedgerWriter, PendingAdd,
 };
 use strata_metadata::cache::ClusterCache;
 use strata_proto::error_code;
 use strata_proto::metadata::segment_info::State;
+use strata_proto::metadata::SealSegmentRequest;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
@@ -28,6 +31,11 @@ pub struct Appended {
     /// The broker's append time if the topic uses LogAppendTime, else -1.
     pub log_append_time_ms: i64,
 }
+
+/// Kafka's default `segment.bytes`: 1 GiB.
+const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
+/// Kafka's default `segment.ms`: 7 days.
+const DEFAULT_SEGMENT_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// A batch that has its place in the log, waiting for [`PartitionLog::confirm`].
 pub struct Sequenced(Step);
@@ -47,7 +55,15 @@ enum Step {
 /// The writing side: only one append at a time gives out offsets.
 struct Sequencer {
     next_offset: i64,
-    writer: LedgerWriter,
+    /// The open segment's writer; `None` only while a roll failed half way
+    /// (the log is then broken and replaced).
+    writer: Option<LedgerWriter>,
+    /// The open segment: its id, bytes written, when it was opened, and its
+    /// largest record timestamp (written to metadata when it is sealed).
+    segment_id: u64,
+    segment_bytes: u64,
+    segment_opened_ms: u64,
+    segment_max_timestamp: Option<i64>,
     /// Idempotent producers' sequence state, updated when a batch gets its
     /// offsets (not when it is confirmed) so that the next batch in flight is
     /// checked against it. If a write fails the log is broken and replaced,
@@ -68,6 +84,8 @@ pub struct PartitionLog {
     broken: Arc<AtomicBool>,
     cache: ClusterCache,
     pool: BookiePool,
+    /// The gateway's partitions, to roll segments (weak: they hold this log).
+    partitions: Weak<Partitions>,
 }
 
 impl PartitionLog {
@@ -80,7 +98,8 @@ impl PartitionLog {
         leader_epoch: u32,
         next_offset: i64,
         log_start_offset: i64,
-        writer: LedgerWriter,
+        (segment_id, writer): (u64, LedgerWriter),
+        partitions: Weak<Partitions>,
         producers: ProducerStates,
         batches: Arc<BatchCache>,
         cache: ClusterCache,
@@ -92,7 +111,11 @@ impl PartitionLog {
             leader_epoch,
             sequencer: Mutex::new(Sequencer {
                 next_offset,
-                writer,
+                writer: Some(writer),
+                segment_id,
+                segment_bytes: 0,
+                segment_opened_ms: strata_metadata::now_ms(),
+                segment_max_timestamp: None,
                 producers,
             }),
             high_watermark: Arc::new(watch::Sender::new(next_offset)),
@@ -102,6 +125,7 @@ impl PartitionLog {
             broken: Arc::new(AtomicBool::new(false)),
             cache,
             pool,
+            partitions,
         }
     }
 
@@ -165,6 +189,14 @@ impl PartitionLog {
                 }
             }
         }
+        if self.roll_due(&sequencer, batch.len()) {
+            if let Err(error) = self.roll(&mut sequencer).await {
+                tracing::warn!(topic = %self.topic, partition = self.partition, %error, "rolling the segment failed; the partition will be taken over again");
+                self.broken.store(true, Ordering::Release);
+                self.high_watermark.send_modify(|_| {});
+                return Err(error_code::NOT_ENOUGH_REPLICAS as i16);
+            }
+        }
         let base_offset = sequencer.next_offset;
         let log_append_time_ms = if log_append_time {
             let now = strata_metadata::now_ms() as i64;
@@ -176,11 +208,20 @@ impl PartitionLog {
         batch.assign(base_offset, self.leader_epoch as i32);
         let bytes = batch.bytes();
         let next_offset = batch.last_offset() + 1;
-        let pending = match sequencer.writer.add(bytes.clone(), base_offset).await {
+        let Some(writer) = sequencer.writer.as_mut() else {
+            return Err(super::NOT_SERVED);
+        };
+        let pending = match writer.add(bytes.clone(), base_offset).await {
             Ok(pending) => pending,
             Err(error) => return Err(self.writer_failed(&error)),
         };
         sequencer.next_offset = next_offset;
+        sequencer.segment_bytes += bytes.len() as u64;
+        sequencer.segment_max_timestamp = Some(
+            sequencer
+                .segment_max_timestamp
+                .map_or(batch.max_timestamp(), |ts| ts.max(batch.max_timestamp())),
+        );
         if let Some(producer) = &producer {
             let written = WrittenBatch {
                 first_sequence: producer.first_sequence,
@@ -200,6 +241,103 @@ impl PartitionLog {
                 log_append_time_ms,
             },
         }))
+    }
+
+    /// Whether the open segment is full (`segment.bytes`) or old enough
+    /// (`segment.ms`) to be sealed before a batch of `len` bytes is added.
+    fn roll_due(&self, sequencer: &Sequencer, len: usize) -> bool {
+        if sequencer.segment_bytes == 0 {
+            return false;
+        }
+        let (max_bytes, max_age_ms) = self.cache.read(|state| {
+            let config = |key: &str, default: u64| {
+                state
+                    .topics
+                    .get(&self.topic)
+                    .and_then(|t| t.configs.get(key))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(default)
+            };
+            (
+                config("segment.bytes", DEFAULT_SEGMENT_BYTES),
+                config("segment.ms", DEFAULT_SEGMENT_MS),
+            )
+        });
+        let age = strata_metadata::now_ms().saturating_sub(sequencer.segment_opened_ms);
+        sequencer.segment_bytes + len as u64 > max_bytes || age >= max_age_ms
+    }
+
+    /// Seals the open segment (on its bookies, then in metadata with its end
+    /// offset, size and largest timestamp) and opens the next one.
+    async fn roll(&self, sequencer: &mut Sequencer) -> Result<(), String> {
+        let partitions = self
+            .partitions
+            .upgrade()
+            .ok_or_else(|| "the gateway is stopping".to_string())?;
+        let writer = sequencer
+            .writer
+            .take()
+            .ok_or_else(|| "no open segment".to_string())?;
+        writer.seal().await.map_err(|e| e.to_string())?;
+        let request = SealSegmentRequest {
+            segment_id: sequencer.segment_id,
+            owner: partitions.node_id,
+            leader_epoch: self.leader_epoch,
+            end_offset: sequencer.next_offset,
+            bytes: sequencer.segment_bytes,
+            max_timestamp: sequencer.segment_max_timestamp,
+        };
+        let reply = partitions
+            .client
+            .call(|mut c| async move { c.seal_segment(request).await })
+            .await
+            .map_err(|e| e.to_string())?;
+        let outcome = reply.outcome.unwrap_or_default();
+        if !outcome.is_ok() {
+            return Err(outcome.error_message);
+        }
+        let (segment, writer) = super::takeover::open_segment(
+            &partitions,
+            &self.topic,
+            self.partition,
+            self.leader_epoch,
+            sequencer.next_offset,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::debug!(
+            topic = %self.topic,
+            partition = self.partition,
+            sealed = sequencer.segment_id,
+            opened = segment.segment_id,
+            base_offset = sequencer.next_offset,
+            "rolled the segment"
+        );
+        sequencer.writer = Some(writer);
+        sequencer.segment_id = segment.segment_id;
+        sequencer.segment_bytes = 0;
+        sequencer.segment_opened_ms = strata_metadata::now_ms();
+        sequencer.segment_max_timestamp = None;
+        Ok(())
+    }
+
+    /// Where each segment of the partition starts, with its largest timestamp
+    /// when metadata has it (sealed by its writer): the per-segment time index.
+    pub fn time_index(&self) -> Vec<(i64, Option<i64>)> {
+        self.cache.read(|state| {
+            state
+                .segments(&self.topic, self.partition)
+                .iter()
+                .map(|s| {
+                    let max_timestamp = match &s.state {
+                        Some(State::Sealed(sealed)) => sealed.max_timestamp,
+                        Some(State::Offloaded(offloaded)) => offloaded.max_timestamp,
+                        _ => None,
+                    };
+                    (s.base_offset, max_timestamp)
+                })
+                .collect()
+        })
     }
 
     /// Raises the high watermark to `next_offset` once `pending` is confirmed,

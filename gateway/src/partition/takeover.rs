@@ -25,7 +25,7 @@ type Grant = ((String, u32), u32);
 
 /// Why a takeover did not finish; it is tried again.
 #[derive(Debug, thiserror::Error)]
-enum TakeoverError {
+pub(super) enum TakeoverError {
     #[error(transparent)]
     Ledger(#[from] strata_bookie::ledger::LedgerError),
     #[error(transparent)]
@@ -90,7 +90,7 @@ fn drop_lost(partitions: &Partitions, grants: &HashMap<(String, u32), u32>) {
     });
 }
 
-async fn take_over(partitions: &Partitions, ((topic, partition), epoch): Grant) {
+async fn take_over(partitions: &Arc<Partitions>, ((topic, partition), epoch): Grant) {
     match try_take_over(partitions, &topic, partition, epoch).await {
         Ok(log) => {
             let granted = partitions.cache.read(|state| {
@@ -114,7 +114,7 @@ async fn take_over(partitions: &Partitions, ((topic, partition), epoch): Grant) 
 }
 
 async fn try_take_over(
-    partitions: &Partitions,
+    partitions: &Arc<Partitions>,
     topic: &str,
     partition: u32,
     epoch: u32,
@@ -137,6 +137,31 @@ async fn try_take_over(
     let producers =
         super::rebuild::producer_states(&partitions.pool, &bookies, &segments, next_offset).await?;
     tracing::debug!(%topic, partition, producers = producers.len(), "rebuilt producer state");
+    let (segment, writer) = open_segment(partitions, topic, partition, epoch, next_offset).await?;
+    Ok(PartitionLog::new(
+        topic.to_string(),
+        partition,
+        epoch,
+        next_offset,
+        log_start_offset,
+        (segment.segment_id, writer),
+        Arc::downgrade(partitions),
+        producers,
+        partitions.batches.clone(),
+        partitions.cache.clone(),
+        partitions.pool.clone(),
+    ))
+}
+
+/// Opens the partition's next segment at `base_offset` on an ensemble chosen
+/// by placement, and a writer for it.
+pub(super) async fn open_segment(
+    partitions: &Partitions,
+    topic: &str,
+    partition: u32,
+    epoch: u32,
+    base_offset: i64,
+) -> Result<(SegmentInfo, LedgerWriter), TakeoverError> {
     let options = &partitions.options;
     let ensemble = partitions.cache.read(|state| {
         choose_ensemble_from_cache(state, strata_metadata::now_ms(), options.ensemble_size, &[])
@@ -146,7 +171,7 @@ async fn try_take_over(
         partition,
         owner: partitions.node_id,
         leader_epoch: epoch,
-        base_offset: next_offset,
+        base_offset,
         ensemble: ensemble.iter().map(|b| b.node_id).collect(),
         write_quorum: options.write_quorum as u32,
         ack_quorum: options.ack_quorum as u32,
@@ -165,18 +190,7 @@ async fn try_take_over(
     let bookie_map = ensemble.into_iter().map(|b| (b.node_id, b)).collect();
     let spec = LedgerSpec::from_segment(&segment, &bookie_map)?;
     let writer = LedgerWriter::open(spec, epoch, &partitions.pool)?;
-    Ok(PartitionLog::new(
-        topic.to_string(),
-        partition,
-        epoch,
-        next_offset,
-        log_start_offset,
-        writer,
-        producers,
-        partitions.batches.clone(),
-        partitions.cache.clone(),
-        partitions.pool.clone(),
-    ))
+    Ok((segment, writer))
 }
 
 /// Recovers the open segment at `epoch` (fencing its old writer), seals it in
@@ -203,6 +217,8 @@ async fn seal_open_segment(
         leader_epoch: epoch,
         end_offset,
         bytes: 0,
+        // Recovery reads only the tail, so the segment's largest timestamp is unknown.
+        max_timestamp: None,
     };
     let reply = partitions
         .client

@@ -323,6 +323,7 @@ impl ClusterState {
         sealed.state = Some(State::Sealed(SegmentSealed {
             end_offset: req.end_offset,
             bytes: req.bytes,
+            max_timestamp: req.max_timestamp,
         }));
         self.segments.upsert(sealed.clone());
         Ok((ok_reply(), vec![Change::Segment(sealed)]))
@@ -363,8 +364,8 @@ impl ClusterState {
         }
         let segment = self.live_segment(req.segment_id)?;
         let id = segment.segment_id;
-        let (end_offset, bytes) = match &segment.state {
-            Some(State::Sealed(sealed)) => (sealed.end_offset, sealed.bytes),
+        let (end_offset, bytes, max_timestamp) = match &segment.state {
+            Some(State::Sealed(sealed)) => (sealed.end_offset, sealed.bytes, sealed.max_timestamp),
             Some(State::Offloaded(done)) if done.object_key == req.object_key => {
                 return Ok((ok_reply(), Vec::new()))
             }
@@ -384,6 +385,7 @@ impl ClusterState {
         offloaded.state = Some(State::Offloaded(SegmentOffloaded {
             end_offset,
             bytes,
+            max_timestamp,
             object_key: req.object_key.clone(),
         }));
         self.segments.upsert(offloaded.clone());
@@ -523,6 +525,7 @@ mod tests {
             leader_epoch,
             end_offset,
             bytes: 10 * end_offset.max(0) as u64,
+            max_timestamp: None,
         })
     }
 
@@ -781,6 +784,7 @@ mod tests {
             end_offset: 10,
             bytes: 100,
             object_key: key.into(),
+            max_timestamp: None,
         });
         assert_eq!(state.segments.get(first).unwrap().state, Some(expected));
         assert_eq!(changes.len(), 1);
