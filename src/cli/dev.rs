@@ -74,6 +74,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         bookies.push(bookie);
     }
 
+    // The gateway opens segments on the bookies metadata knows: wait until
+    // every bookie has registered its current address (after a restart on
+    // fresh ports, metadata still holds the old ones until then).
+    wait_for_bookies(&metadata, &bookies).await;
+
     let gateway = Gateway::start(
         GatewayConfig {
             node_id: 1,
@@ -110,4 +115,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     metadata.wait().await;
     println!("strata dev cluster stopped");
     Ok(())
+}
+
+/// Waits (bounded) until metadata lists every bookie at the address it now serves on.
+async fn wait_for_bookies(metadata: &MetadataServer, bookies: &[Bookie]) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let registered = {
+            let applied = metadata.node().read().await;
+            bookies.iter().zip(1..).all(|(bookie, node_id)| {
+                applied
+                    .state
+                    .bookies
+                    .get(&node_id)
+                    .is_some_and(|b| b.grpc_addr == bookie.grpc_addr().to_string())
+            })
+        };
+        if registered || tokio::time::Instant::now() >= deadline {
+            if !registered {
+                tracing::warn!("not every bookie registered in time; starting the gateway anyway");
+            }
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
