@@ -4,10 +4,9 @@
 mod common;
 
 use common::DevCluster;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -45,19 +44,7 @@ async fn produce(cluster: &DevCluster, first: usize, count: usize) -> BTreeMap<(
 }
 
 fn consume_all(cluster: &DevCluster, expected: usize) -> BTreeMap<(i32, i64), String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "unused")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(TOPIC, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    let consumer = common::consumer_from_beginning(cluster, TOPIC, PARTITIONS);
     let mut read = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while read.len() < expected && Instant::now() < deadline {

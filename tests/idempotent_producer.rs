@@ -20,10 +20,9 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use kafka_protocol::ResponseError;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -52,19 +51,7 @@ fn consume(
     topic: &str,
     expected: usize,
 ) -> BTreeMap<i32, Vec<(i64, String)>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "unused")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer is created");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).expect("partitions assigned");
+    let consumer = common::consumer_from_beginning(cluster, topic, PARTITIONS);
     let mut read: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
     let mut count = 0;
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -5,10 +5,9 @@
 mod common;
 
 use common::DevCluster;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -23,23 +22,6 @@ fn producer(cluster: &DevCluster, compression: &str) -> FutureProducer {
         .set("linger.ms", "5")
         .create()
         .expect("producer is created")
-}
-
-fn consumer(cluster: &DevCluster, topic: &str) -> BaseConsumer {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "unused")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer is created");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).expect("partitions assigned");
-    consumer
 }
 
 /// One record as written, to compare with what is read.
@@ -112,7 +94,7 @@ async fn round_trip(cluster: &DevCluster, compression: &str) {
         expected.insert((partition, offset), sent(i));
     }
 
-    let consumer = consumer(cluster, &topic);
+    let consumer = common::consumer_from_beginning(cluster, &topic, PARTITIONS);
     let mut read: BTreeMap<(i32, i64), Sent> = BTreeMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while read.len() < RECORDS {

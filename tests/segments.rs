@@ -5,7 +5,7 @@
 mod common;
 
 use common::DevCluster;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -95,12 +95,7 @@ async fn segments_roll_at_segment_bytes_and_index_their_timestamps() {
     }
     assert_eq!(open[0].base_offset, expected_base);
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "unused")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer = common::plain_consumer(&cluster);
     let mut query = TopicPartitionList::new();
     query
         .add_partition_offset(TOPIC, 0, Offset::Offset(ts(45)))

@@ -160,3 +160,33 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A librdkafka consumer of `cluster` outside any consumer group (nothing is
+/// committed), for reading partitions by assignment.
+pub fn plain_consumer(cluster: &DevCluster) -> rdkafka::consumer::BaseConsumer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "unused")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer is created")
+}
+
+/// A [`plain_consumer`] assigned partitions `0..partitions` of `topic`, each
+/// from its beginning.
+pub fn consumer_from_beginning(
+    cluster: &DevCluster,
+    topic: &str,
+    partitions: i32,
+) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer = plain_consumer(cluster);
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+            .expect("partition added");
+    }
+    consumer.assign(&assignment).expect("partitions assigned");
+    consumer
+}
