@@ -4,6 +4,7 @@
 mod common;
 
 use common::DevCluster;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -67,6 +68,17 @@ async fn acknowledged_records_survive_a_kill_9_of_the_whole_cluster() {
     cluster.kill();
 
     let cluster = DevCluster::start(dir.path());
+    // Right after the restart metadata may still hold the gateway's previous
+    // registration (an old port): the gateway advertises its new address anyway.
+    let metadata = common::plain_consumer(&cluster)
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    let me = metadata
+        .brokers()
+        .iter()
+        .find(|b| b.id() == 1)
+        .expect("broker 1");
+    assert_eq!(me.port() as u16, cluster.kafka_addr.port());
     // The restarted gateway recovers each partition's open segment and goes on
     // after its end: new records follow the old ones.
     let after = produce(&cluster, 2_000, 200).await;

@@ -109,22 +109,22 @@ fn respond(
     now_ms: u64,
     created: &HashSet<String>,
 ) -> MetadataResponse {
+    // This gateway describes itself from its own settings: a gateway answering
+    // requests is alive, and after a restart the cache may still hold its
+    // previous registration (an old port) until the new one arrives.
+    let own_id = gatekeeper.config.node_id;
     let mut brokers: Vec<MetadataResponseBroker> = state
         .live_gateways(now_ms)
+        .filter(|g| g.node_id != own_id)
         .map(|g| broker(g.node_id, &g.kafka_host, g.kafka_port as i32, &g.zone))
         .collect();
-    // A gateway answering requests is alive, even before its registration shows
-    // up in the cache.
-    let own_id = gatekeeper.config.node_id;
-    if !brokers.iter().any(|b| *b.node_id == own_id) {
-        brokers.push(broker(
-            own_id,
-            &gatekeeper.advertised_host,
-            gatekeeper.advertised_port as i32,
-            &gatekeeper.config.zone,
-        ));
-        brokers.sort_by_key(|b| *b.node_id);
-    }
+    brokers.push(broker(
+        own_id,
+        &gatekeeper.advertised_host,
+        gatekeeper.advertised_port as i32,
+        &gatekeeper.config.zone,
+    ));
+    brokers.sort_by_key(|b| *b.node_id);
     let controller_id = brokers.first().map(|b| *b.node_id).unwrap_or(-1);
     let live: Vec<i32> = brokers.iter().map(|b| *b.node_id).collect();
 
