@@ -4,6 +4,7 @@
 
 use super::error::LedgerError;
 use super::options::LedgerOptions;
+use super::spec::LedgerSpec;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use strata_proto::bookie::bookie_service_client::BookieServiceClient;
@@ -30,6 +31,17 @@ impl BookiePool {
     /// The options every user of the pool shares.
     pub fn options(&self) -> &LedgerOptions {
         &self.options
+    }
+
+    /// A client of each bookie of a segment's ensemble, in ensemble order.
+    pub fn ensemble_clients(
+        &self,
+        spec: &LedgerSpec,
+    ) -> Result<Vec<BookieServiceClient<Channel>>, LedgerError> {
+        spec.ensemble()
+            .iter()
+            .map(|addr| self.client(addr))
+            .collect()
     }
 
     /// A client of the bookie at `addr` (`host:port` or a URI), over the

@@ -48,11 +48,7 @@ pub struct LedgerReader {
 impl LedgerReader {
     /// A reader of segment `spec` over the pool's channels.
     pub fn new(spec: LedgerSpec, pool: &BookiePool) -> Result<Self, LedgerError> {
-        let clients = spec
-            .ensemble()
-            .iter()
-            .map(|addr| pool.client(addr))
-            .collect::<Result<Vec<_>, _>>()?;
+        let clients = pool.ensemble_clients(&spec)?;
         Ok(Self {
             spec,
             clients,

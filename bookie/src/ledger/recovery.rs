@@ -129,11 +129,7 @@ struct Recovery<'a> {
 
 impl<'a> Recovery<'a> {
     fn new(spec: &'a LedgerSpec, epoch: u32, pool: &BookiePool) -> Result<Self, LedgerError> {
-        let clients = spec
-            .ensemble()
-            .iter()
-            .map(|addr| pool.client(addr))
-            .collect::<Result<Vec<_>, _>>()?;
+        let clients = pool.ensemble_clients(spec)?;
         Ok(Self {
             spec,
             epoch,

@@ -128,11 +128,7 @@ impl LedgerWriter {
         pool: &BookiePool,
     ) -> Result<Self, LedgerError> {
         let options = pool.options();
-        let clients = spec
-            .ensemble()
-            .iter()
-            .map(|addr| pool.client(addr))
-            .collect::<Result<Vec<_>, _>>()?;
+        let clients = pool.ensemble_clients(&spec)?;
         let window_bytes = usize::try_from(options.max_in_flight_bytes)
             .unwrap_or(usize::MAX)
             .clamp(1, u32::MAX as usize)
