@@ -46,15 +46,7 @@ impl DevCluster {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("strata dev starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (lines_tx, lines_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines_rx = stdout_lines(&mut child);
         let deadline = Instant::now() + START_TIMEOUT;
         let (mut kafka_addr, mut metadata_addr, mut bookie_addrs) = (None, None, Vec::new());
         while kafka_addr.is_none() {
@@ -124,6 +116,21 @@ impl Drop for DevCluster {
             let _ = child.wait();
         }
     }
+}
+
+/// The lines `child` prints on its piped stdout, read on a thread of their own
+/// so that the child never blocks on a full pipe while nobody is receiving.
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (lines_tx, lines_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines_rx
 }
 
 /// Sends SIGTERM to `child` and waits (bounded) for it to exit.

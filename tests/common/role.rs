@@ -1,12 +1,10 @@
 //! Single-role processes (`strata metadata`, `strata gateway`, ...) for tests of
 //! groups of nodes: started on chosen loopback ports, killed or stopped at will.
 
-use super::{strata_bin, terminate};
-use std::io::{BufRead, BufReader};
+use super::{stdout_lines, strata_bin, terminate};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A loopback port that was free a moment ago.
@@ -41,15 +39,7 @@ impl RoleProcess {
             .stderr(log_file)
             .spawn()
             .expect("strata starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (lines_tx, lines_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines_rx = stdout_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
