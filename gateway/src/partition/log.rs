@@ -192,8 +192,7 @@ impl PartitionLog {
         if self.roll_due(&sequencer, batch.len()) {
             if let Err(error) = self.roll(&mut sequencer).await {
                 tracing::warn!(topic = %self.topic, partition = self.partition, %error, "rolling the segment failed; the partition will be taken over again");
-                self.broken.store(true, Ordering::Release);
-                self.high_watermark.send_modify(|_| {});
+                break_log(&self.broken, &self.high_watermark);
                 return Err(error_code::NOT_ENOUGH_REPLICAS as i16);
             }
         }
@@ -357,15 +356,13 @@ impl PartitionLog {
                     high_watermark.send_if_modified(|hw| raise(hw, next_offset));
                 }
                 Err(error) => {
-                    // The log takes no more; wake duplicates waiting on it.
-                    if !broken.swap(true, Ordering::AcqRel) {
+                    if break_log(&broken, &high_watermark) {
                         tracing::warn!(
                             %error,
                             next_offset,
                             "segment writer failed; the partition's segment will be recovered and rolled"
                         );
                     }
-                    high_watermark.send_modify(|_| {});
                 }
             }
             confirmed
@@ -401,7 +398,7 @@ impl PartitionLog {
                     log_append_time_ms: original.log_append_time_ms,
                 });
             }
-            // `writer_failed` wakes this watch after marking the log broken.
+            // `break_log` wakes this watch after marking the log broken.
             if self.is_broken() || high_watermark.changed().await.is_err() {
                 return Err(super::NOT_SERVED);
             }
@@ -409,15 +406,13 @@ impl PartitionLog {
     }
 
     fn writer_failed(&self, error: &LedgerError) -> i16 {
-        if !self.broken.swap(true, Ordering::AcqRel) {
+        if break_log(&self.broken, &self.high_watermark) {
             tracing::warn!(
                 topic = %self.topic,
                 partition = self.partition,
                 %error,
                 "segment writer failed; the partition's segment will be recovered and rolled"
             );
-            // Wake duplicates waiting for their original's confirmation.
-            self.high_watermark.send_modify(|_| {});
         }
         if error.is_fenced() {
             super::NOT_SERVED
@@ -496,6 +491,15 @@ fn end_offset(segment: &strata_proto::metadata::SegmentInfo) -> Option<i64> {
         Some(State::Offloaded(offloaded)) => Some(offloaded.end_offset),
         _ => None,
     }
+}
+
+/// Marks a log broken (it takes no more appends and is taken over again) and
+/// wakes everyone waiting on its high watermark, such as retried duplicates;
+/// returns whether this call broke it.
+fn break_log(broken: &AtomicBool, high_watermark: &watch::Sender<i64>) -> bool {
+    let first = !broken.swap(true, Ordering::AcqRel);
+    high_watermark.send_modify(|_| {});
+    first
 }
 
 fn raise(high_watermark: &mut i64, to: i64) -> bool {
