@@ -74,6 +74,7 @@ fn no_offset(group: &str, partition: &TopicPartition) -> CommittedOffset {
         offset: -1,
         leader_epoch: -1,
         metadata: String::new(),
+        commit_timestamp_ms: 0,
     }
 }
 
@@ -318,7 +319,7 @@ impl MetadataService for MetadataGrpc {
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let FetchOffsetsRequest { group, partitions } = request.into_inner();
-        let applied = self.node.read().await;
+        let applied = self.node.read_linearizable().await.map_err(node_status)?;
         let state = &applied.state;
         let offsets = if partitions.is_empty() {
             state.group_offsets(&group).cloned().collect()
@@ -334,6 +335,29 @@ impl MetadataService for MetadataGrpc {
                 .collect()
         };
         Ok(Response::new(FetchOffsetsResponse { offsets }))
+    }
+
+    async fn delete_offsets(
+        &self,
+        request: Request<DeleteOffsetsRequest>,
+    ) -> Result<Response<DeleteOffsetsResponse>, Status> {
+        let outcome = self
+            .propose_outcome(Op::DeleteOffsets(request.into_inner()))
+            .await?;
+        Ok(Response::new(DeleteOffsetsResponse {
+            outcome: Some(outcome),
+        }))
+    }
+
+    async fn list_offset_groups(
+        &self,
+        request: Request<ListOffsetGroupsRequest>,
+    ) -> Result<Response<ListOffsetGroupsResponse>, Status> {
+        let ListOffsetGroupsRequest { slots } = request.into_inner();
+        let applied = self.node.read_linearizable().await.map_err(node_status)?;
+        Ok(Response::new(ListOffsetGroupsResponse {
+            groups: applied.state.offset_groups(&slots),
+        }))
     }
 
     async fn allocate_producer_ids(

@@ -21,8 +21,8 @@ use strata_proto::metadata::metadata_command::Op;
 use strata_proto::metadata::watch_event::Change as WatchChange;
 use strata_proto::metadata::{
     AlterTopicConfigsRequest, BookieInfo, ClusterMeta, ClusterSnapshot, CommandReply, CommandRules,
-    CommittedOffset, ConfigOperation, CoordinatorSlot, CreateTopicRequest, GatewayInfo,
-    MetadataCommand, Outcome, PartitionInfo, SegmentInfo, TopicInfo,
+    CommittedOffset, ConfigOperation, CoordinatorSlot, CreateTopicRequest, DeleteOffsetsRequest,
+    GatewayInfo, MetadataCommand, Outcome, PartitionInfo, SegmentInfo, TopicInfo,
 };
 
 /// Most partitions one topic may have.
@@ -95,6 +95,8 @@ pub enum Change {
     Segment(SegmentInfo),
     /// A consumer group committed an offset (not published on the watch stream).
     Offset(CommittedOffset),
+    /// A committed offset was deleted (not published on the watch stream).
+    OffsetDeleted(OffsetKey),
     /// A coordinator slot was created or changed owner.
     Slot(CoordinatorSlot),
 }
@@ -187,7 +189,8 @@ impl ClusterState {
             Op::SealSegment(req) => self.seal_segment(req),
             Op::MarkOffloaded(req) => self.mark_offloaded(req),
             Op::DeleteSegments(req) => self.delete_segments(&req.segment_ids),
-            Op::CommitOffsets(req) => self.commit_offsets(&req.offsets),
+            Op::CommitOffsets(req) => self.commit_offsets(&req.offsets, req.coordinator),
+            Op::DeleteOffsets(req) => self.delete_offsets(req),
             Op::AllocateProducerIds(req) => self.allocate_producer_ids(req.count),
             Op::ControllerTick(_) => Ok((ok_reply(), self.controller_tick(rules, now_ms))),
         }
@@ -532,8 +535,9 @@ impl ClusterState {
     /// Records a batch of committed offsets: all of them, or none if any is
     /// refused (an empty group, an unknown partition, an offset below -1, or
     /// metadata longer than [`MAX_OFFSET_METADATA_BYTES`]).
-    fn commit_offsets(&mut self, offsets: &[CommittedOffset]) -> Checked {
+    fn commit_offsets(&mut self, offsets: &[CommittedOffset], coordinator: Option<i32>) -> Checked {
         for offset in offsets {
+            self.check_coordinator(&offset.group, coordinator)?;
             self.check_commit(offset)?;
         }
         let changes = offsets
@@ -545,6 +549,66 @@ impl ClusterState {
             })
             .collect();
         Ok((ok_reply(), changes))
+    }
+
+    /// Deletes some or all committed offsets of one group. Offsets that were
+    /// never committed are skipped, so a retry succeeds.
+    fn delete_offsets(&mut self, req: &DeleteOffsetsRequest) -> Checked {
+        self.check_coordinator(&req.group, req.coordinator)?;
+        let doomed: BTreeSet<OffsetKey> = if req.partitions.is_empty() {
+            self.group_offsets(&req.group)
+                .map(|o| (o.group.clone(), o.topic.clone(), o.partition))
+                .collect()
+        } else {
+            req.partitions
+                .iter()
+                .map(|p| (req.group.clone(), p.topic.clone(), p.partition))
+                .filter(|key| self.offsets.contains_key(key))
+                .collect()
+        };
+        let changes = doomed
+            .into_iter()
+            .map(|key| {
+                self.offsets.remove(&key);
+                Change::OffsetDeleted(key)
+            })
+            .collect();
+        Ok((ok_reply(), changes))
+    }
+
+    /// Refuses a group change from a gateway that does not own the group's
+    /// coordinator slot (when the command names its coordinator).
+    fn check_coordinator(&self, group: &str, coordinator: Option<i32>) -> Result<(), Outcome> {
+        let Some(coordinator) = coordinator else {
+            return Ok(());
+        };
+        let slot = coordinator_slot_for(group, self.meta.coordinator_slots);
+        let owner = self.slots.get(&slot).map_or(NO_OWNER, |s| s.owner);
+        if owner != coordinator {
+            return Err(Outcome::error(
+                error_code::NOT_COORDINATOR,
+                format!(
+                    "gateway {coordinator} does not coordinate group {group:?} (slot {slot} is owned by {owner})"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Groups with committed offsets whose coordinator slot is in `slots`
+    /// (every group when `slots` is empty), each once, in order.
+    pub fn offset_groups(&self, slots: &[u32]) -> Vec<String> {
+        let mut groups: Vec<String> = Vec::new();
+        for (group, _, _) in self.offsets.keys() {
+            if groups.last() == Some(group) {
+                continue;
+            }
+            let slot = coordinator_slot_for(group, self.meta.coordinator_slots);
+            if slots.is_empty() || slots.contains(&slot) {
+                groups.push(group.clone());
+            }
+        }
+        groups
     }
 
     fn check_commit(&self, offset: &CommittedOffset) -> Result<(), Outcome> {
@@ -627,6 +691,9 @@ impl ClusterState {
                 self.offsets
                     .insert((o.group.clone(), o.topic.clone(), o.partition), o);
             }
+            Change::OffsetDeleted(key) => {
+                self.offsets.remove(&key);
+            }
             Change::Slot(s) => {
                 self.slots.insert(s.slot, s);
             }
@@ -668,7 +735,7 @@ fn lease_reply(lease_expires_ms: u64) -> CommandReply {
 /// are not published: offsets change too often, and only metadata serves them.
 pub fn watch_change(change: Change) -> Option<WatchChange> {
     Some(match change {
-        Change::Meta(_) | Change::Offset(_) => return None,
+        Change::Meta(_) | Change::Offset(_) | Change::OffsetDeleted(_) => return None,
         Change::Gateway(g) => WatchChange::GatewayUpserted(g),
         Change::Bookie(b) => WatchChange::BookieUpserted(b),
         Change::Topic(t) => WatchChange::TopicUpserted(t),
@@ -707,10 +774,10 @@ fn topic_id_for(cluster_id: &str, name: &str, now_ms: u64) -> bytes::Bytes {
 pub(crate) mod tests {
     use super::*;
     use strata_proto::metadata::{
-        AllocateProducerIdsRequest, BookieHeartbeatRequest, CommitOffsetsRequest,
+        AllocateProducerIdsRequest, BookieHeartbeatRequest, CommitOffsetsRequest, ControllerTick,
         CreatePartitionsRequest, DeleteTopicRequest, DeregisterGatewayRequest,
         GatewayHeartbeatRequest, InitCluster, RegisterBookieRequest, RegisterGatewayRequest,
-        TopicConfigChange,
+        TopicConfigChange, TopicPartition,
     };
 
     pub(crate) fn rules() -> StateRules {
@@ -800,11 +867,15 @@ pub(crate) mod tests {
             offset,
             leader_epoch: -1,
             metadata: String::new(),
+            commit_timestamp_ms: 0,
         }
     }
 
     fn commit_op(offsets: Vec<CommittedOffset>) -> Op {
-        Op::CommitOffsets(CommitOffsetsRequest { offsets })
+        Op::CommitOffsets(CommitOffsetsRequest {
+            offsets,
+            coordinator: None,
+        })
     }
 
     fn allocate(count: u32) -> Op {
@@ -1037,6 +1108,72 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(g1, vec![("a", 0, 11), ("b", 0, -1)]);
         assert_eq!(state.group_offsets("g").count(), 0);
+    }
+
+    #[test]
+    fn offsets_are_deleted_by_partition_or_whole_group() {
+        let mut state = ClusterState::default();
+        create(&mut state, "a", 2);
+        let batch = vec![
+            commit("g1", "a", 0, 1),
+            commit("g1", "a", 1, 2),
+            commit("g2", "a", 0, 3),
+        ];
+        assert_eq!(code(&mut state, 1, commit_op(batch)), 0);
+        assert_eq!(state.offset_groups(&[]), vec!["g1", "g2"]);
+        let delete = |group: &str, partitions: Vec<u32>| {
+            Op::DeleteOffsets(DeleteOffsetsRequest {
+                group: group.into(),
+                partitions: partitions
+                    .into_iter()
+                    .map(|partition| TopicPartition {
+                        topic: "a".into(),
+                        partition,
+                    })
+                    .collect(),
+                coordinator: None,
+            })
+        };
+        let (reply, changes) = run(&mut state, 2, delete("g1", vec![1, 1]));
+        assert!(outcome(&reply).is_ok());
+        assert_eq!(changes.len(), 1, "a partition named twice is deleted once");
+        assert_eq!(state.group_offsets("g1").count(), 1);
+        assert_eq!(code(&mut state, 3, delete("g1", vec![])), 0);
+        assert_eq!(state.offset_groups(&[]), vec!["g2"]);
+        // Deleting what is already gone succeeds, so retries do.
+        assert_eq!(code(&mut state, 4, delete("g1", vec![0])), 0);
+        assert_eq!(state.offsets.len(), 1);
+    }
+
+    #[test]
+    fn group_changes_naming_a_coordinator_need_its_slot() {
+        let mut state = cluster(&[1, 2], 1);
+        run(&mut state, 2, Op::ControllerTick(ControllerTick {}));
+        create(&mut state, "a", 1);
+        let slot = coordinator_slot_for("g", state.meta.coordinator_slots);
+        let owner = state.slots[&slot].owner;
+        assert!(owner == 1 || owner == 2, "the tick assigns every slot");
+        let other = 3 - owner;
+        let commit_by = |coordinator| {
+            Op::CommitOffsets(CommitOffsetsRequest {
+                offsets: vec![commit("g", "a", 0, 5)],
+                coordinator: Some(coordinator),
+            })
+        };
+        refused(&mut state, 3, commit_by(other), error_code::NOT_COORDINATOR);
+        assert_eq!(code(&mut state, 3, commit_by(owner)), 0);
+        let delete_by = |coordinator| {
+            Op::DeleteOffsets(DeleteOffsetsRequest {
+                group: "g".into(),
+                partitions: Vec::new(),
+                coordinator: Some(coordinator),
+            })
+        };
+        refused(&mut state, 4, delete_by(other), error_code::NOT_COORDINATOR);
+        assert_eq!(state.offset_groups(&[slot]), vec!["g"]);
+        assert!(state.offset_groups(&[slot + 1]).is_empty());
+        assert_eq!(code(&mut state, 4, delete_by(owner)), 0);
+        assert!(state.offsets.is_empty());
     }
 
     #[test]

@@ -237,6 +237,9 @@ pub(crate) fn stage_change(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, c
             offset_key(&o.topic, o.partition, &o.group),
             o.encode_to_vec(),
         ),
+        Change::OffsetDeleted((group, topic, partition)) => {
+            batch.delete_cf(cf, offset_key(topic, *partition, group))
+        }
         Change::Slot(s) => batch.put_cf(cf, slot_key(s.slot), s.encode_to_vec()),
     }
 }
@@ -336,9 +339,9 @@ mod tests {
     use strata_proto::metadata::metadata_command::Op;
     use strata_proto::metadata::{
         AllocateProducerIdsRequest, CommitOffsetsRequest, ControllerTick, CreateTopicRequest,
-        DeleteSegmentsRequest, DeleteTopicRequest, InitCluster, MarkOffloadedRequest,
-        MetadataCommand, OpenSegmentRequest, RegisterBookieRequest, RegisterGatewayRequest,
-        SealSegmentRequest,
+        DeleteOffsetsRequest, DeleteSegmentsRequest, DeleteTopicRequest, InitCluster,
+        MarkOffloadedRequest, MetadataCommand, OpenSegmentRequest, RegisterBookieRequest,
+        RegisterGatewayRequest, SealSegmentRequest,
     };
 
     fn rules() -> StateRules {
@@ -365,6 +368,7 @@ mod tests {
             offset,
             leader_epoch: 3,
             metadata: "m".into(),
+            commit_timestamp_ms: 42,
         }
     }
 
@@ -480,13 +484,21 @@ mod tests {
         ];
         let batch = CommitOffsetsRequest {
             offsets: offsets[..4].to_vec(),
+            coordinator: None,
         };
         apply(store, state, revision, Op::CommitOffsets(batch));
         apply(store, state, revision, topic("tt", 1));
         let batch = CommitOffsetsRequest {
             offsets: offsets[4..].to_vec(),
+            coordinator: None,
         };
         apply(store, state, revision, Op::CommitOffsets(batch));
+        let forget = DeleteOffsetsRequest {
+            group: "with/slash".into(),
+            partitions: Vec::new(),
+            coordinator: None,
+        };
+        apply(store, state, revision, Op::DeleteOffsets(forget));
         let ids = AllocateProducerIdsRequest { count: 1_000 };
         apply(store, state, revision, Op::AllocateProducerIds(ids));
     }
@@ -507,7 +519,7 @@ mod tests {
         assert_eq!(loaded.segments.len(), 5);
         let live: Vec<u64> = loaded.segments.live("t", 0).map(|s| s.segment_id).collect();
         assert_eq!(live, vec![2, 3, 4]);
-        assert_eq!(loaded.offsets.len(), 5);
+        assert_eq!(loaded.offsets.len(), 4, "a deleted offset stays deleted");
         assert_eq!(
             loaded
                 .committed_offset("with\0nul", "t", 0)

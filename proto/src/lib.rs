@@ -79,6 +79,8 @@ pub mod error_code {
     pub const KAFKA_STORAGE_ERROR: i32 = 56;
     /// The group is not known.
     pub const GROUP_ID_NOT_FOUND: i32 = 69;
+    /// This gateway does not coordinate the group (its slot moved away).
+    pub const NOT_COORDINATOR: i32 = 16;
     /// The caller's leader epoch is older than the current one.
     pub const FENCED_LEADER_EPOCH: i32 = 74;
     /// The caller's leader epoch is newer than the current one.

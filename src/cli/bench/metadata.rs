@@ -102,10 +102,14 @@ pub async fn run(args: MetadataBenchArgs) -> anyhow::Result<Section> {
                     offset: i64::from(n),
                     leader_epoch: -1,
                     metadata: String::new(),
+                    commit_timestamp_ms: 0,
                 }
             })
             .collect::<Vec<_>>();
-        let request = CommitOffsetsRequest { offsets };
+        let request = CommitOffsetsRequest {
+            offsets,
+            coordinator: None,
+        };
         let sent = Instant::now();
         client
             .call(|mut c| {
