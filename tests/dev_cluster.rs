@@ -88,6 +88,15 @@ fn api_versions_advertises_exactly_what_is_implemented() {
             (ApiKey::Fetch as i16, 4, 12),
             (ApiKey::ListOffsets as i16, 1, 7),
             (ApiKey::Metadata as i16, 0, 12),
+            (ApiKey::OffsetCommit as i16, 2, 8),
+            (ApiKey::OffsetFetch as i16, 1, 8),
+            (ApiKey::FindCoordinator as i16, 0, 4),
+            (ApiKey::JoinGroup as i16, 0, 9),
+            (ApiKey::Heartbeat as i16, 0, 4),
+            (ApiKey::LeaveGroup as i16, 0, 5),
+            (ApiKey::SyncGroup as i16, 0, 5),
+            (ApiKey::DescribeGroups as i16, 0, 5),
+            (ApiKey::ListGroups as i16, 0, 5),
             (ApiKey::ApiVersions as i16, 0, 4),
             (ApiKey::CreateTopics as i16, 2, 7),
             (ApiKey::DeleteTopics as i16, 1, 6),
@@ -95,7 +104,9 @@ fn api_versions_advertises_exactly_what_is_implemented() {
             (ApiKey::DescribeConfigs as i16, 1, 4),
             (ApiKey::AlterConfigs as i16, 0, 2),
             (ApiKey::CreatePartitions as i16, 0, 3),
+            (ApiKey::DeleteGroups as i16, 0, 2),
             (ApiKey::IncrementalAlterConfigs as i16, 0, 1),
+            (ApiKey::OffsetDelete as i16, 0, 0),
         ]
     );
 }

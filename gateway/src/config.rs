@@ -1,8 +1,10 @@
 //! Configuration of one gateway.
 
+use crate::coordinator::CoordinatorOptions;
 use crate::partition::LogOptions;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::time::Duration;
 use strata_bookie::ledger::LedgerOptions;
 
 /// Everything a gateway needs to start.
@@ -48,9 +50,39 @@ pub struct GatewayConfig {
     pub batch_cache_bytes: u64,
     /// How the gateway talks to bookies (in-flight bytes, timeouts).
     pub ledger: LedgerOptions,
+    /// How long the first rebalance of an empty group waits for more members
+    /// to join (Kafka's `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Shortest session timeout a group member may ask for
+    /// (`group.min.session.timeout.ms`).
+    pub group_min_session_timeout_ms: u64,
+    /// Longest session timeout a group member may ask for
+    /// (`group.max.session.timeout.ms`).
+    pub group_max_session_timeout_ms: u64,
+    /// How long the committed offsets of an empty group are kept
+    /// (`offsets.retention.minutes`).
+    pub offsets_retention_minutes: u64,
+    /// How often expired committed offsets are looked for
+    /// (`offsets.retention.check.interval.ms`).
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 impl GatewayConfig {
+    /// The group coordinator's settings.
+    pub fn coordinator_options(&self) -> CoordinatorOptions {
+        CoordinatorOptions {
+            initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
+            min_session_timeout: Duration::from_millis(self.group_min_session_timeout_ms),
+            max_session_timeout: Duration::from_millis(self.group_max_session_timeout_ms),
+            offsets_retention: Duration::from_secs(
+                self.offsets_retention_minutes.saturating_mul(60),
+            ),
+            offsets_retention_check_interval: Duration::from_millis(
+                self.offsets_retention_check_interval_ms.max(1),
+            ),
+        }
+    }
+
     /// The segment layout and memory bounds of the partitions this gateway serves.
     pub fn log_options(&self) -> LogOptions {
         LogOptions {
@@ -81,6 +113,11 @@ impl Default for GatewayConfig {
             ack_quorum: 2,
             batch_cache_bytes: 256 * 1024 * 1024,
             ledger: LedgerOptions::default(),
+            group_initial_rebalance_delay_ms: 3_000,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
+            offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_check_interval_ms: 600_000,
         }
     }
 }

@@ -108,7 +108,7 @@ pub async fn serve_connection(
 ) {
     let max_frame_bytes = gatekeeper.config().max_frame_bytes;
     let gatekeeper: &Gatekeeper = &gatekeeper;
-    let handle = move |frame, done| handlers::handle(gatekeeper, frame, SequencingDone(done));
+    let handle = move |frame, done| handlers::handle(gatekeeper, peer, frame, SequencingDone(done));
     let (reader, writer) = stream.into_split();
     let closed = pipeline(
         reader,

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod coordinator;
 pub mod handlers;
 pub mod log;
 pub mod partition;

@@ -3,6 +3,7 @@
 
 use crate::config::GatewayConfig;
 use crate::connection::{serve_connection, InflightLimits};
+use crate::coordinator::GroupCoordinator;
 use crate::handlers::Gatekeeper;
 use crate::partition::Partitions;
 use std::net::SocketAddr;
@@ -85,6 +86,15 @@ impl Gateway {
             config.log_options(),
         );
         tasks.spawn(partitions.clone().run(shutdown.clone()));
+        let (coordinator, offset_commits) = GroupCoordinator::new(
+            config.node_id,
+            cache.clone(),
+            client.clone(),
+            config.coordinator_options(),
+            shutdown.clone(),
+        );
+        tasks.spawn(offset_commits);
+        tasks.spawn(coordinator.clone().run(shutdown.clone()));
         let limits = InflightLimits::from_config(&config);
         let gatekeeper = Arc::new(Gatekeeper::new(
             config,
@@ -93,6 +103,7 @@ impl Gateway {
             cache.clone(),
             client,
             partitions,
+            coordinator,
         ));
         tasks.spawn(accept_loop(
             listener,

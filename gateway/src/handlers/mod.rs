@@ -4,17 +4,21 @@
 mod api_versions;
 mod configs;
 mod fetch;
+mod groups;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
+mod offsets;
 mod produce;
 mod topics;
 
 use crate::config::GatewayConfig;
+use crate::coordinator::GroupCoordinator;
 use crate::partition::Partitions;
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use strata_metadata::cache::ClusterCache;
 use strata_metadata::client::MetadataClient;
@@ -34,6 +38,17 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 /// The versions of `api_key` this gateway accepts, if it implements it.
@@ -53,6 +68,7 @@ pub struct Gatekeeper {
     cache: ClusterCache,
     client: MetadataClient,
     partitions: Arc<Partitions>,
+    coordinator: Arc<GroupCoordinator>,
 }
 
 impl Gatekeeper {
@@ -64,6 +80,7 @@ impl Gatekeeper {
         cache: ClusterCache,
         client: MetadataClient,
         partitions: Arc<Partitions>,
+        coordinator: Arc<GroupCoordinator>,
     ) -> Self {
         Self {
             config,
@@ -72,7 +89,13 @@ impl Gatekeeper {
             cache,
             client,
             partitions,
+            coordinator,
         }
+    }
+
+    /// The group coordinator.
+    pub fn coordinator(&self) -> &GroupCoordinator {
+        &self.coordinator
     }
 
     /// The partitions this gateway serves.
@@ -133,6 +156,14 @@ pub enum RequestError {
     },
 }
 
+/// Who sent a request: group members are described with these.
+pub struct Caller {
+    /// The client id from the request header.
+    pub client_id: String,
+    /// The client's address, as Kafka shows it (`/ip`).
+    pub host: String,
+}
+
 /// Dropped (or released) once a request that must keep its order among the
 /// connection's requests (Produce) has placed its batches; the connection
 /// starts the next such request then, without waiting for the answer.
@@ -146,6 +177,7 @@ impl SequencingDone {
 /// Answers one request frame. `Ok(None)` means the request wants no response.
 pub async fn handle(
     gatekeeper: &Gatekeeper,
+    peer: SocketAddr,
     mut frame: Bytes,
     sequenced: SequencingDone,
 ) -> Result<Option<BytesMut>, RequestError> {
@@ -174,6 +206,14 @@ pub async fn handle(
     };
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(|e| malformed(e.to_string()))?;
+    let caller = || Caller {
+        client_id: header
+            .client_id
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        host: format!("/{}", peer.ip()),
+    };
     match api {
         ApiKey::ApiVersions => {
             let request = decode(&mut frame, version).map_err(malformed)?;
@@ -235,6 +275,61 @@ pub async fn handle(
         ApiKey::IncrementalAlterConfigs => {
             let request = decode(&mut frame, version).map_err(malformed)?;
             let body = configs::incremental_alter_configs(gatekeeper, request).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::FindCoordinator => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = groups::find_coordinator(gatekeeper, request, version);
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::JoinGroup => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = groups::join_group(gatekeeper, &caller(), request, version).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::SyncGroup => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = groups::sync_group(gatekeeper, request).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::Heartbeat => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = groups::heartbeat(gatekeeper, request);
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::LeaveGroup => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = groups::leave_group(gatekeeper, request, version);
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::DescribeGroups => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = groups::describe_groups(gatekeeper, request, version).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::ListGroups => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = groups::list_groups(gatekeeper, request, version).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::DeleteGroups => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = groups::delete_groups(gatekeeper, request).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::OffsetCommit => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = offsets::offset_commit(gatekeeper, request, version).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::OffsetFetch => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = offsets::offset_fetch(gatekeeper, request, version).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::OffsetDelete => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = offsets::offset_delete(gatekeeper, request).await;
             encode(api, version, header.correlation_id, &body).map(Some)
         }
         other => Err(RequestError::Unsupported {
