@@ -10,6 +10,7 @@ use super::producers::{ProducerBatch, ProducerStates, Verdict, WrittenBatch};
 use super::Partitions;
 use crate::log::batch::RecordBatch;
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Weak;
@@ -34,6 +35,8 @@ pub struct Appended {
 
 /// Kafka's default `segment.bytes`: 1 GiB.
 const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
+/// Batch starts each log remembers for reads from inside a recent batch.
+const RECENT_BATCHES: usize = 1024;
 /// Kafka's default `segment.ms`: 7 days.
 const DEFAULT_SEGMENT_MS: u64 = 7 * 24 * 3600 * 1000;
 
@@ -81,6 +84,10 @@ pub struct PartitionLog {
     log_start_offset: i64,
     log_id: u64,
     batches: Arc<BatchCache>,
+    /// Base offsets of the latest batches this log appended, oldest first, so
+    /// that a read from inside a cached batch finds the batch's start. The
+    /// tail (past the bookies' last-add-confirmed) is only readable here.
+    recent_bases: std::sync::Mutex<VecDeque<i64>>,
     broken: Arc<AtomicBool>,
     cache: ClusterCache,
     pool: BookiePool,
@@ -122,6 +129,7 @@ impl PartitionLog {
             log_start_offset,
             log_id: batches.new_log_id(),
             batches,
+            recent_bases: std::sync::Mutex::new(VecDeque::new()),
             broken: Arc::new(AtomicBool::new(false)),
             cache,
             pool,
@@ -233,6 +241,7 @@ impl PartitionLog {
         }
         self.batches
             .insert(self.log_id, base_offset, next_offset, bytes);
+        self.remember_base(base_offset);
         Ok(Sequenced(Step::Written {
             confirmed: self.raise_when_confirmed(pending, next_offset),
             appended: Appended {
@@ -432,14 +441,32 @@ impl PartitionLog {
         if offset == high_watermark {
             return Ok(Vec::new());
         }
+        let start = self.recent_base_at(offset).unwrap_or(offset);
         let recent = self
             .batches
-            .read(self.log_id, offset, high_watermark, max_bytes);
+            .read(self.log_id, start, high_watermark, max_bytes);
         if let Some(batches) = recent {
             return Ok(batches);
         }
         self.read_from_bookies(offset, high_watermark, max_bytes)
             .await
+    }
+
+    fn remember_base(&self, base_offset: i64) {
+        let mut bases = self.recent_bases.lock().unwrap_or_else(|e| e.into_inner());
+        debug_assert!(bases.back().is_none_or(|&last| last < base_offset));
+        if bases.len() == RECENT_BATCHES {
+            bases.pop_front();
+        }
+        bases.push_back(base_offset);
+    }
+
+    /// The base offset of the recent batch holding `offset`, if it is one of
+    /// the batches this log remembers.
+    fn recent_base_at(&self, offset: i64) -> Option<i64> {
+        let bases = self.recent_bases.lock().unwrap_or_else(|e| e.into_inner());
+        let after = bases.partition_point(|&base| base <= offset);
+        (after > 0).then(|| bases[after - 1])
     }
 
     async fn read_from_bookies(
