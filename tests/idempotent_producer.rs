@@ -29,21 +29,6 @@ use std::time::{Duration, Instant};
 const PARTITIONS: i32 = 2;
 const RECORDS: usize = 5_000;
 
-fn create_topic(cluster: &DevCluster, topic: &str, partitions: i32) {
-    let out = cluster.admin(&[
-        "topics",
-        "create",
-        topic,
-        "--partitions",
-        &partitions.to_string(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Every record of `topic`'s partitions from the beginning, by partition, as
 /// (offset, value) in the order read.
 fn consume(
@@ -87,7 +72,7 @@ async fn idempotent_producer_writes_every_record_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = DevCluster::start(dir.path());
     let topic = "idempotent";
-    create_topic(&cluster, topic, PARTITIONS);
+    cluster.create_topic(topic, PARTITIONS);
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())
@@ -277,7 +262,7 @@ fn retried_batches_get_their_original_offsets_even_after_a_takeover() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = DevCluster::start(dir.path());
     let topic = "retried";
-    create_topic(&cluster, topic, 1);
+    cluster.create_topic(topic, 1);
     let mut client = WireClient::connect(cluster.kafka_addr);
     let [first, other, early] =
         [0; 3].map(|_| init_producer_id(&mut client, 4, None).producer_id.0);

@@ -95,6 +95,22 @@ impl DevCluster {
             .expect("strata admin runs")
     }
 
+    /// Creates `topic` with `partitions` partitions through `strata admin`.
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        let out = self.admin(&[
+            "topics",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Kills the process with SIGKILL: nothing is flushed or closed.
     pub fn kill(mut self) {
         let mut child = self.child.take().expect("cluster is running");
