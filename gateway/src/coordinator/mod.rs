@@ -513,6 +513,17 @@ impl GroupCoordinator {
         }
     }
 
+    /// Drops groups that have had no members for the offsets retention
+    /// period, so that memory holds only groups in use.
+    fn forget_idle_groups(&self) {
+        let now = Instant::now();
+        let retention = self.options.offsets_retention;
+        lock(&self.groups).retain(|_, held| {
+            let group = lock(&held.group);
+            group.has_members() || group.empty_for(now).is_none_or(|idle| idle < retention)
+        });
+    }
+
     /// Notes newly owned slots, and drops the groups of slots this gateway no
     /// longer owns (their waiting members are told NOT_COORDINATOR).
     fn follow_slots(&self) {
@@ -544,8 +555,9 @@ impl GroupCoordinator {
     }
 
     /// Deletes offsets of groups that have been empty for the retention
-    /// period and were not committed within it.
+    /// period and were not committed within it, and forgets such groups.
     async fn expire_offsets(&self) {
+        self.forget_idle_groups();
         let slots: BTreeMap<u32, Instant> = lock(&self.slots)
             .iter()
             .map(|(slot, (_, since))| (*slot, *since))
