@@ -280,6 +280,18 @@ impl MetadataService for MetadataGrpc {
         }))
     }
 
+    async fn advance_log_start(
+        &self,
+        request: Request<AdvanceLogStartRequest>,
+    ) -> Result<Response<AdvanceLogStartResponse>, Status> {
+        let outcome = self
+            .propose_outcome(Op::AdvanceLogStart(request.into_inner()))
+            .await?;
+        Ok(Response::new(AdvanceLogStartResponse {
+            outcome: Some(outcome),
+        }))
+    }
+
     async fn list_segments(
         &self,
         request: Request<ListSegmentsRequest>,

@@ -191,6 +191,7 @@ impl ClusterState {
             Op::DeleteSegments(req) => self.delete_segments(&req.segment_ids),
             Op::CommitOffsets(req) => self.commit_offsets(&req.offsets, req.coordinator),
             Op::DeleteOffsets(req) => self.delete_offsets(req),
+            Op::AdvanceLogStart(req) => self.advance_log_start(req),
             Op::AllocateProducerIds(req) => self.allocate_producer_ids(req.count),
             Op::ControllerTick(_) => Ok((ok_reply(), self.controller_tick(rules, now_ms))),
         }
@@ -524,6 +525,7 @@ impl ClusterState {
                     partition,
                     owner: NO_OWNER,
                     leader_epoch: 0,
+                    log_start_offset: 0,
                 };
                 self.partitions
                     .insert((topic.to_string(), partition), info.clone());

@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use strata_proto::error_code;
 use strata_proto::metadata::segment_info::State;
 use strata_proto::metadata::{
-    CommandReply, MarkOffloadedRequest, OpenSegmentRequest, Outcome, PartitionInfo,
-    SealSegmentRequest, SegmentDeleted, SegmentInfo, SegmentOffloaded, SegmentOpen, SegmentSealed,
+    AdvanceLogStartRequest, CommandReply, MarkOffloadedRequest, OpenSegmentRequest, Outcome,
+    PartitionInfo, SealSegmentRequest, SegmentDeleted, SegmentInfo, SegmentOffloaded, SegmentOpen,
+    SegmentSealed,
 };
 
 /// Every segment by id, with each partition's live (not deleted) segments in
@@ -128,7 +129,12 @@ impl SegmentTable {
 
     fn mark_deleted(&mut self, id: u64) -> Option<SegmentInfo> {
         let mut segment = self.by_id.get(&id)?.clone();
-        segment.state = Some(State::Deleted(SegmentDeleted {}));
+        let object_key = match &segment.state {
+            Some(State::Offloaded(offloaded)) => offloaded.object_key.clone(),
+            Some(State::Deleted(deleted)) => deleted.object_key.clone(),
+            _ => String::new(),
+        };
+        segment.state = Some(State::Deleted(SegmentDeleted { object_key }));
         self.upsert(segment.clone());
         Some(segment)
     }
@@ -424,6 +430,22 @@ impl ClusterState {
             .map(Change::Segment)
             .collect();
         Ok((ok_reply(), changes))
+    }
+
+    /// Moves a partition's log start offset forward for its owner.
+    pub(super) fn advance_log_start(&mut self, req: &AdvanceLogStartRequest) -> Checked {
+        let partition = self.existing_partition(&req.topic, req.partition)?;
+        check_owner(partition, req.owner, req.leader_epoch)?;
+        if req.log_start_offset <= partition.log_start_offset {
+            return Ok((ok_reply(), Vec::new()));
+        }
+        let mut advanced = partition.clone();
+        advanced.log_start_offset = req.log_start_offset;
+        self.partitions.insert(
+            (advanced.topic.clone(), advanced.partition),
+            advanced.clone(),
+        );
+        Ok((ok_reply(), vec![Change::Partition(advanced)]))
     }
 
     /// Checks that `ids` are the oldest live segments of a partition, not all of them.
@@ -752,6 +774,59 @@ mod tests {
             seal(first, 1, 1, 15),
             error_code::INVALID_REQUEST,
         );
+    }
+
+    #[test]
+    fn a_deleted_offloaded_segment_keeps_its_object_key() {
+        let mut state = owned();
+        let first = opened(&mut state, 1, 1, 0);
+        assert_eq!(code(&mut state, 100, seal(first, 1, 1, 10)), 0);
+        let second = opened(&mut state, 1, 1, 10);
+        assert_eq!(code(&mut state, 100, offload(first, "k/1.seg")), 0);
+        assert_eq!(code(&mut state, 100, delete(&[first])), 0);
+        let expected = State::Deleted(SegmentDeleted {
+            object_key: "k/1.seg".into(),
+        });
+        assert_eq!(state.segments.get(first).unwrap().state, Some(expected));
+        assert_eq!(live_ids(&state), vec![second]);
+    }
+
+    #[test]
+    fn only_the_owner_advances_the_log_start_and_never_back() {
+        let mut state = owned();
+        let advance = |owner, leader_epoch, log_start_offset| {
+            Op::AdvanceLogStart(AdvanceLogStartRequest {
+                topic: "t".into(),
+                partition: 0,
+                owner,
+                leader_epoch,
+                log_start_offset,
+            })
+        };
+        refused(
+            &mut state,
+            100,
+            advance(2, 1, 5),
+            error_code::NOT_LEADER_OR_FOLLOWER,
+        );
+        refused(
+            &mut state,
+            100,
+            advance(1, 0, 5),
+            error_code::FENCED_LEADER_EPOCH,
+        );
+        let (reply, changes) = run(&mut state, 100, advance(1, 1, 5));
+        assert!(outcome(&reply).is_ok());
+        assert_eq!(changes.len(), 1);
+        let (reply, changes) = run(&mut state, 100, advance(1, 1, 3));
+        assert!(outcome(&reply).is_ok() && changes.is_empty());
+        assert_eq!(state.partition("t", 0).unwrap().log_start_offset, 5);
+        // A move of ownership keeps it.
+        let heartbeat = Op::GatewayHeartbeat(GatewayHeartbeatRequest { node_id: 2 });
+        assert_eq!(code(&mut state, 20_000, heartbeat), 0);
+        tick(&mut state, 20_000);
+        let partition = state.partition("t", 0).unwrap();
+        assert_eq!((partition.owner, partition.log_start_offset), (2, 5));
     }
 
     #[test]
