@@ -9,6 +9,7 @@ mod log;
 mod producer_ids;
 pub mod producers;
 mod rebuild;
+pub mod retention;
 mod takeover;
 
 pub use log::{Appended, PartitionLog, Sequenced};
