@@ -100,6 +100,7 @@ fn api_versions_advertises_exactly_what_is_implemented() {
             (ApiKey::ApiVersions as i16, 0, 4),
             (ApiKey::CreateTopics as i16, 2, 7),
             (ApiKey::DeleteTopics as i16, 1, 6),
+            (ApiKey::DeleteRecords as i16, 0, 2),
             (ApiKey::InitProducerId as i16, 0, 5),
             (ApiKey::DescribeConfigs as i16, 1, 4),
             (ApiKey::AlterConfigs as i16, 0, 2),

@@ -3,6 +3,7 @@
 
 mod api_versions;
 mod configs;
+mod delete_records;
 mod fetch;
 mod groups;
 mod init_producer_id;
@@ -49,6 +50,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 /// The versions of `api_key` this gateway accepts, if it implements it.
@@ -325,6 +327,11 @@ pub async fn handle(
         ApiKey::OffsetFetch => {
             let request = decode(&mut frame, version).map_err(malformed)?;
             let body = offsets::offset_fetch(gatekeeper, request, version).await;
+            encode(api, version, header.correlation_id, &body).map(Some)
+        }
+        ApiKey::DeleteRecords => {
+            let request = decode(&mut frame, version).map_err(malformed)?;
+            let body = delete_records::handle(gatekeeper, request).await;
             encode(api, version, header.correlation_id, &body).map(Some)
         }
         ApiKey::OffsetDelete => {

@@ -11,7 +11,7 @@ use super::Partitions;
 use crate::log::batch::RecordBatch;
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::Weak;
 use strata_bookie::ledger::{
@@ -81,7 +81,12 @@ pub struct PartitionLog {
     leader_epoch: u32,
     sequencer: Mutex<Sequencer>,
     high_watermark: Arc<watch::Sender<i64>>,
-    log_start_offset: i64,
+    /// The first offset still in the log: moves forward with retention and
+    /// DeleteRecords.
+    log_start_offset: AtomicI64,
+    /// Bytes in the open segment, for retention by size (the sequencer's
+    /// count, readable without its lock).
+    open_segment_bytes: AtomicU64,
     log_id: u64,
     batches: Arc<BatchCache>,
     /// Base offsets of the latest batches this log appended, oldest first, so
@@ -126,7 +131,8 @@ impl PartitionLog {
                 producers,
             }),
             high_watermark: Arc::new(watch::Sender::new(next_offset)),
-            log_start_offset,
+            log_start_offset: AtomicI64::new(log_start_offset),
+            open_segment_bytes: AtomicU64::new(0),
             log_id: batches.new_log_id(),
             batches,
             recent_bases: std::sync::Mutex::new(VecDeque::new()),
@@ -154,7 +160,28 @@ impl PartitionLog {
 
     /// The first offset still in the log.
     pub fn log_start_offset(&self) -> i64 {
-        self.log_start_offset
+        self.log_start_offset.load(Ordering::Acquire)
+    }
+
+    /// Moves the log start offset forward (never back), once metadata
+    /// recorded it or the segments below it were deleted.
+    pub fn advance_log_start(&self, offset: i64) {
+        self.log_start_offset.fetch_max(offset, Ordering::AcqRel);
+    }
+
+    /// The partition's topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition's index.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// Bytes written to the open segment.
+    pub fn open_segment_bytes(&self) -> u64 {
+        self.open_segment_bytes.load(Ordering::Relaxed)
     }
 
     /// Whether the segment writer failed: the log takes no more appends and is
@@ -224,6 +251,8 @@ impl PartitionLog {
         };
         sequencer.next_offset = next_offset;
         sequencer.segment_bytes += bytes.len() as u64;
+        self.open_segment_bytes
+            .store(sequencer.segment_bytes, Ordering::Relaxed);
         sequencer.segment_max_timestamp = Some(
             sequencer
                 .segment_max_timestamp
@@ -324,6 +353,7 @@ impl PartitionLog {
         sequencer.writer = Some(writer);
         sequencer.segment_id = segment.segment_id;
         sequencer.segment_bytes = 0;
+        self.open_segment_bytes.store(0, Ordering::Relaxed);
         sequencer.segment_opened_ms = strata_metadata::now_ms();
         sequencer.segment_max_timestamp = None;
         Ok(())
@@ -435,7 +465,7 @@ impl PartitionLog {
     /// Empty at the high watermark; OFFSET_OUT_OF_RANGE outside the log.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, i16> {
         let high_watermark = self.high_watermark();
-        if offset < self.log_start_offset || offset > high_watermark {
+        if offset < self.log_start_offset() || offset > high_watermark {
             return Err(error_code::OFFSET_OUT_OF_RANGE as i16);
         }
         if offset == high_watermark {

@@ -130,10 +130,17 @@ async fn try_take_over(
             _ => seal_open_segment(partitions, last, &bookies, epoch).await?,
         },
     };
+    // DeleteRecords may have moved the start past the first segment's base.
+    let deleted_below = partitions.cache.read(|state| {
+        state
+            .partition(topic, partition)
+            .map_or(0, |p| p.log_start_offset)
+    });
     let log_start_offset = segments
         .first()
         .map(|s| s.base_offset)
-        .unwrap_or(next_offset);
+        .unwrap_or(next_offset)
+        .max(deleted_below.min(next_offset));
     let producers =
         super::rebuild::producer_states(&partitions.pool, &bookies, &segments, next_offset).await?;
     tracing::debug!(%topic, partition, producers = producers.len(), "rebuilt producer state");
