@@ -469,6 +469,7 @@ mod tests {
         let offloaded = MarkOffloadedRequest {
             segment_id: 2,
             object_key: "topics/t/0/2.seg".into(),
+            object_size: 99,
         };
         apply(store, state, revision, Op::MarkOffloaded(offloaded));
         let retention = DeleteSegmentsRequest {

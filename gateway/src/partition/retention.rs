@@ -165,6 +165,7 @@ mod tests {
                 bytes,
                 max_timestamp: max_ts,
                 object_key: format!("k{id}"),
+                object_size: bytes + 100,
             })),
             ..Default::default()
         }

@@ -393,6 +393,7 @@ impl ClusterState {
             bytes,
             max_timestamp,
             object_key: req.object_key.clone(),
+            object_size: req.object_size,
         }));
         self.segments.upsert(offloaded.clone());
         Ok((ok_reply(), vec![Change::Segment(offloaded)]))
@@ -555,6 +556,7 @@ mod tests {
         Op::MarkOffloaded(MarkOffloadedRequest {
             segment_id,
             object_key: key.into(),
+            object_size: 1234,
         })
     }
 
@@ -860,6 +862,7 @@ mod tests {
             bytes: 100,
             object_key: key.into(),
             max_timestamp: None,
+            object_size: 1234,
         });
         assert_eq!(state.segments.get(first).unwrap().state, Some(expected));
         assert_eq!(changes.len(), 1);
