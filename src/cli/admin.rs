@@ -1,4 +1,8 @@
-//! `strata admin`: inspect and change a running cluster through the metadata service.
+//! `strata admin`: inspect and change a running cluster through the metadata
+//! service, and its consumer groups through the gateways' Kafka listeners.
+
+pub mod groups;
+mod kafka_wire;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -39,6 +43,8 @@ pub enum AdminCommand {
     /// Change the members of the metadata group.
     #[command(subcommand)]
     Metadata(MembersCommand),
+    /// Consumer groups: list, describe (with lag), reset offsets.
+    Groups(groups::GroupsArgs),
 }
 
 /// Membership changes of the metadata raft group.
@@ -97,6 +103,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         MetadataClient::connect_lazy(&args.metadata_addrs)?.with_retry_for(Duration::from_secs(3));
     let unreachable = || format!("cannot reach metadata at {}", args.metadata_addrs.join(","));
     match args.command {
+        AdminCommand::Groups(groups) => groups::run(groups, &client).await?,
         AdminCommand::Status => {
             let status = client
                 .admin_call(|mut c| async move { c.cluster_status(ClusterStatusRequest {}).await })
