@@ -12,6 +12,7 @@ pub mod connection;
 pub mod coordinator;
 pub mod handlers;
 pub mod log;
+pub mod offload;
 pub mod partition;
 pub mod server;
 
