@@ -335,6 +335,7 @@ mod tests {
                 last_entry_id: -1,
                 max_bytes: 0,
                 recovery: false,
+                known_lac: None,
             })
             .await
             .unwrap()

@@ -43,6 +43,7 @@ pub struct LedgerReader {
     clients: Vec<BookieServiceClient<Channel>>,
     preferred: WriteSet,
     timeout: Duration,
+    known_lac: Option<i64>,
 }
 
 impl LedgerReader {
@@ -54,7 +55,15 @@ impl LedgerReader {
             clients,
             preferred: WriteSet::EMPTY,
             timeout: pool.options().request_timeout(),
+            known_lac: None,
         })
+    }
+
+    /// The same reader, reading up to the LAC its writer knows (the bookies
+    /// learn it only with later adds): for the owner's reads of its open segment.
+    pub fn with_known_lac(mut self, last_add_confirmed: i64) -> Self {
+        self.known_lac = Some(last_add_confirmed);
+        self
     }
 
     /// The same reader, trying the bookies at these ensemble indexes first
@@ -189,6 +198,7 @@ impl LedgerReader {
             // 0 would ask for the bookie's maximum; at least one entry is returned.
             max_bytes: max_bytes.max(1),
             recovery: false,
+            known_lac: self.known_lac,
         };
         let mut reasons = Vec::new();
         let mut lacking = 0;

@@ -326,6 +326,7 @@ impl<'a> Recovery<'a> {
             last_entry_id: entry_id,
             max_bytes: self.max_read_bytes,
             recovery: true,
+            known_lac: None,
         }
     }
 

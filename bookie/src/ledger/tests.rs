@@ -934,6 +934,7 @@ mod bookie_rules {
                 last_entry_id,
                 max_bytes,
                 recovery,
+                known_lac: None,
             })
             .await
             .unwrap()

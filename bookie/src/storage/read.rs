@@ -32,7 +32,15 @@ pub(crate) fn read_entries(
         .readable(segment_id)
         .ok_or(StorageError::NoSuchSegment(segment_id))?;
     let last_add_confirmed = meta.visible_lac();
-    let readable_end = meta.readable_end(request.recovery);
+    let mut readable_end = meta.readable_end(request.recovery);
+    if let Some(known_lac) = request.known_lac {
+        // Entries the writer saw confirmed are readable even before the LAC
+        // reaches this bookie; past what the bookie holds, the scan stops at
+        // the gap. A sealed segment ends where it was sealed.
+        if !meta.is_sealed() {
+            readable_end = readable_end.max(known_lac);
+        }
+    }
     let end = match request.last_entry_id {
         -1 => readable_end,
         last if last >= 0 => last.min(readable_end),

@@ -43,6 +43,11 @@ impl SegmentMeta {
         self.sealed_last_entry.unwrap_or(self.last_add_confirmed)
     }
 
+    /// Whether the segment is sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed_last_entry.is_some()
+    }
+
     /// The last entry a read may return: the sealed end once sealed, else the
     /// LAC, or for recovery reads the last entry held.
     pub fn readable_end(&self, recovery: bool) -> i64 {

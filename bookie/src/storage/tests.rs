@@ -42,6 +42,7 @@ fn read_from(segment_id: u64, first: i64, recovery: bool) -> ReadEntriesRequest 
         last_entry_id: -1,
         max_bytes: 0,
         recovery,
+        known_lac: None,
     }
 }
 
@@ -350,6 +351,15 @@ async fn reads_stop_at_the_lac_unless_recovering() {
         })
         .unwrap();
     assert_eq!(entry_ids(&range), vec![2, 3, 4]);
+    // The writer's own LAC opens the tail to readers it tells, up to what
+    // this bookie holds.
+    let told = storage
+        .read(&ReadEntriesRequest {
+            known_lac: Some(12),
+            ..read_from(1, 9, false)
+        })
+        .unwrap();
+    assert_eq!(entry_ids(&told), vec![9]);
 }
 
 #[tokio::test]

@@ -93,6 +93,10 @@ pub struct PartitionLog {
     /// that a read from inside a cached batch finds the batch's start. The
     /// tail (past the bookies' last-add-confirmed) is only readable here.
     recent_bases: std::sync::Mutex<VecDeque<i64>>,
+    /// The open segment's id and its writer's last-add-confirmed, so that
+    /// reads of the open segment reach every confirmed entry even while the
+    /// bookies' own LAC trails (it travels only on later adds).
+    open_lac: std::sync::Mutex<(u64, watch::Receiver<i64>)>,
     broken: Arc<AtomicBool>,
     cache: ClusterCache,
     pool: BookiePool,
@@ -117,6 +121,7 @@ impl PartitionLog {
         cache: ClusterCache,
         pool: BookiePool,
     ) -> Self {
+        let open_lac = writer.subscribe_lac();
         Self {
             topic,
             partition,
@@ -136,6 +141,7 @@ impl PartitionLog {
             log_id: batches.new_log_id(),
             batches,
             recent_bases: std::sync::Mutex::new(VecDeque::new()),
+            open_lac: std::sync::Mutex::new((segment_id, open_lac)),
             broken: Arc::new(AtomicBool::new(false)),
             cache,
             pool,
@@ -350,6 +356,8 @@ impl PartitionLog {
             base_offset = sequencer.next_offset,
             "rolled the segment"
         );
+        *self.open_lac.lock().unwrap_or_else(|e| e.into_inner()) =
+            (segment.segment_id, writer.subscribe_lac());
         sequencer.writer = Some(writer);
         sequencer.segment_id = segment.segment_id;
         sequencer.segment_bytes = 0;
@@ -482,6 +490,12 @@ impl PartitionLog {
             .await
     }
 
+    /// The writer's LAC, when `segment_id` is the open segment.
+    fn writer_lac(&self, segment_id: u64) -> Option<i64> {
+        let open = self.open_lac.lock().unwrap_or_else(|e| e.into_inner());
+        (open.0 == segment_id).then(|| *open.1.borrow())
+    }
+
     fn remember_base(&self, base_offset: i64) {
         let mut bases = self.recent_bases.lock().unwrap_or_else(|e| e.into_inner());
         debug_assert!(bases.back().is_none_or(|&last| last < base_offset));
@@ -513,17 +527,23 @@ impl PartitionLog {
                 .rev()
                 .find(|s| s.base_offset <= offset && end_offset(s).is_none_or(|end| offset < end))?
                 .clone();
-            Some(LedgerSpec::from_segment(&segment, &state.bookies))
+            Some((
+                segment.segment_id,
+                LedgerSpec::from_segment(&segment, &state.bookies),
+            ))
         });
-        let spec = match spec {
-            Some(Ok(spec)) => spec,
-            Some(Err(error)) => {
+        let (segment_id, spec) = match spec {
+            Some((segment_id, Ok(spec))) => (segment_id, spec),
+            Some((_, Err(error))) => {
                 tracing::warn!(%error, "cannot read a segment");
                 return Err(storage_error);
             }
             None => return Err(error_code::OFFSET_OUT_OF_RANGE as i16),
         };
-        let reader = LedgerReader::new(spec, &self.pool).map_err(|_| storage_error)?;
+        let mut reader = LedgerReader::new(spec, &self.pool).map_err(|_| storage_error)?;
+        if let Some(known_lac) = self.writer_lac(segment_id) {
+            reader = reader.with_known_lac(known_lac);
+        }
         let max = u32::try_from(max_bytes).unwrap_or(u32::MAX).max(1);
         let read = reader
             .read_from_offset(offset, -1, max)
