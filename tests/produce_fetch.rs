@@ -170,3 +170,30 @@ async fn records_round_trip_through_bookies_with_every_codec() {
         round_trip(&cluster, compression).await;
     }
 }
+
+#[test]
+fn an_idle_partition_s_newest_records_are_read_from_bookies() {
+    // Without the gateway's batch cache every read goes to the bookies, whose
+    // own last-add-confirmed trails the newest entry of an idle segment.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "batch_cache_bytes = 0\n").unwrap();
+    let data = dir.path().join("data");
+    let args = ["--gateway-config".to_string(), config.display().to_string()];
+    let cluster = DevCluster::start_with(&data, &args);
+    cluster.create_topic("idle", 1);
+    common::group::produce(&cluster.bootstrap(), "idle", 1, "idle", 50);
+    let consumer = common::consumer_from_beginning(&cluster, "idle", 1);
+    let mut read = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read.len() < 50 && std::time::Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            read.push(message.expect("fetch succeeds").offset());
+        }
+    }
+    assert_eq!(
+        read,
+        (0..50).collect::<Vec<i64>>(),
+        "every acknowledged record is read"
+    );
+}

@@ -1,6 +1,6 @@
 //! `strata dev`: a whole cluster in one process on local disk.
 
-use super::shutdown;
+use super::{settings, shutdown};
 use clap::Args;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -26,6 +26,14 @@ pub struct DevArgs {
     /// bookies on the next three. 0 picks free ports.
     #[arg(long, env = "STRATA_DEV_GRPC_BASE_PORT", default_value_t = 7600)]
     pub grpc_base_port: u16,
+    /// TOML file of gateway settings (as for `strata gateway --config`); the
+    /// dev cluster still chooses the node id, addresses and data locations.
+    #[arg(long, env = "STRATA_DEV_GATEWAY_CONFIG")]
+    pub gateway_config: Option<PathBuf>,
+    /// TOML file of settings for the three bookies (as for `strata bookie
+    /// --config`); the dev cluster still chooses ids, addresses and data dirs.
+    #[arg(long, env = "STRATA_DEV_BOOKIE_CONFIG")]
+    pub bookie_config: Option<PathBuf>,
 }
 
 /// The loopback address of the `offset`-th internal service.
@@ -58,6 +66,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await?;
     let metadata_addrs = vec![metadata.grpc_addr().to_string()];
 
+    let bookie_settings: BookieConfig = settings::load(args.bookie_config.as_deref())?;
+    let gateway_settings: GatewayConfig = settings::load(args.gateway_config.as_deref())?;
     let mut bookies = Vec::new();
     for node_id in 1..=DEV_BOOKIES {
         let bookie = Bookie::start(
@@ -66,7 +76,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 listen_addr: grpc_addr(args.grpc_base_port, node_id as u16),
                 data_dir: args.data_dir.join(format!("bookie-{node_id}")),
                 metadata_addrs: metadata_addrs.clone(),
-                ..BookieConfig::default()
+                ..bookie_settings.clone()
             },
             storage_stop.clone(),
         )
@@ -84,7 +94,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             node_id: 1,
             kafka_listen_addr: args.kafka_addr,
             metadata_addrs: metadata_addrs.clone(),
-            ..GatewayConfig::default()
+            ..gateway_settings
         },
         gateway_stop.clone(),
     )

@@ -37,11 +37,18 @@ pub struct DevCluster {
 impl DevCluster {
     /// Starts `strata dev` on free loopback ports with its data in `data_dir`.
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Like [`DevCluster::start`], with more `strata dev` arguments (such as
+    /// `--gateway-config FILE`).
+    pub fn start_with(data_dir: &Path, extra_args: &[String]) -> Self {
         let mut child = Command::new(strata_bin())
             .arg("dev")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--kafka-addr", "127.0.0.1:0", "--grpc-base-port", "0"])
+            .args(extra_args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
