@@ -65,6 +65,8 @@ fn members_rejoin_the_new_coordinator_and_resume_at_their_commits() {
         "127.0.0.1:0",
         "--metadata-addrs",
         &cluster.metadata_addr.to_string(),
+        "--objects-dir",
+        &cluster.objects_dir(),
     ]
     .iter()
     .map(|s| s.to_string())

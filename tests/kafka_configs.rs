@@ -456,6 +456,8 @@ fn metadata_auto_creates_unknown_topics_only_where_enabled() {
         "127.0.0.1:0",
         "--metadata-addrs",
         &cluster.metadata_addr.to_string(),
+        "--objects-dir",
+        &cluster.objects_dir(),
         "--auto-create-topics",
         "true",
     ]

@@ -1,6 +1,9 @@
 //! Configuration of one gateway.
 
 use crate::coordinator::CoordinatorOptions;
+use crate::offload::reader::ReaderConfig;
+use crate::offload::store::ObjectStoreConfig;
+use crate::partition::retention::LocalRetentionDefaults;
 use crate::partition::LogOptions;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -50,6 +53,22 @@ pub struct GatewayConfig {
     pub batch_cache_bytes: u64,
     /// How the gateway talks to bookies (in-flight bytes, timeouts).
     pub ledger: LedgerOptions,
+    /// Where offloaded segments are stored (local directory or S3) and how
+    /// they are uploaded.
+    pub object_store: ObjectStoreConfig,
+    /// Caches and block size of reads from object storage.
+    pub tiered_reads: ReaderConfig,
+    /// Segments uploaded at once by this gateway.
+    pub offload_concurrency: usize,
+    /// How often retention and offloading look at the partitions this
+    /// gateway serves (`log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
+    /// `local.retention.ms` of topics that do not set it: sealed segments
+    /// older than this move to object storage (0: as soon as they are sealed;
+    /// -1: never by age).
+    pub default_local_retention_ms: i64,
+    /// `local.retention.bytes` of topics that do not set it (-1: no bound).
+    pub default_local_retention_bytes: i64,
     /// How long the first rebalance of an empty group waits for more members
     /// to join (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -68,6 +87,14 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// `local.retention.*` of topics that do not set them.
+    pub fn local_retention_defaults(&self) -> LocalRetentionDefaults {
+        LocalRetentionDefaults {
+            ms: self.default_local_retention_ms,
+            bytes: self.default_local_retention_bytes,
+        }
+    }
+
     /// The group coordinator's settings.
     pub fn coordinator_options(&self) -> CoordinatorOptions {
         CoordinatorOptions {
@@ -113,6 +140,12 @@ impl Default for GatewayConfig {
             ack_quorum: 2,
             batch_cache_bytes: 256 * 1024 * 1024,
             ledger: LedgerOptions::default(),
+            object_store: ObjectStoreConfig::default(),
+            tiered_reads: ReaderConfig::default(),
+            offload_concurrency: 2,
+            retention_check_interval_ms: 30_000,
+            default_local_retention_ms: 0,
+            default_local_retention_bytes: -1,
             group_initial_rebalance_delay_ms: 3_000,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,

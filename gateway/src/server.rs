@@ -5,9 +5,16 @@ use crate::config::GatewayConfig;
 use crate::connection::{serve_connection, InflightLimits};
 use crate::coordinator::GroupCoordinator;
 use crate::handlers::Gatekeeper;
+use crate::offload::maintenance::Maintenance;
+use crate::offload::rate::RateLimiter;
+use crate::offload::reader::TieredReader;
+use crate::offload::store::{self, ObjectStoreKind, StoreError};
+use crate::offload::upload::{UploadOptions, Uploader};
 use crate::partition::Partitions;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use strata_bookie::ledger::BookiePool;
 use strata_metadata::cache::ClusterCache;
 use strata_metadata::client::{ClientError, MetadataClient};
@@ -16,6 +23,10 @@ use strata_proto::metadata::RegisterGatewayRequest;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Where a gateway keeps segment objects when its local object store names
+/// no directory: the `objects` directory of `strata dev`'s default data dir.
+pub const DEFAULT_OBJECTS_DIR: &str = "strata-data/objects";
 
 /// Errors that stop a gateway from starting.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +42,9 @@ pub enum GatewayError {
     /// The metadata client could not be built.
     #[error(transparent)]
     Metadata(#[from] ClientError),
+    /// The object store could not be set up.
+    #[error("object store: {0}")]
+    ObjectStore(#[from] StoreError),
 }
 
 /// A running gateway; all its tasks stop when the shutdown token is cancelled.
@@ -78,14 +92,43 @@ impl Gateway {
             shutdown.clone(),
         ));
 
+        let mut store_config = config.object_store.clone();
+        if store_config.kind == ObjectStoreKind::Local
+            && store_config.local_path.as_os_str().is_empty()
+        {
+            store_config.local_path = PathBuf::from(DEFAULT_OBJECTS_DIR);
+        }
+        let store = store::build(&store_config)?;
+        let tiered = TieredReader::new(store.clone(), config.tiered_reads.clone());
         let partitions = Partitions::new(
             config.node_id,
             cache.clone(),
             client.clone(),
             BookiePool::new(config.ledger.clone()),
             config.log_options(),
+            tiered.clone(),
         );
         tasks.spawn(partitions.clone().run(shutdown.clone()));
+        let maintenance = Maintenance {
+            partitions: partitions.clone(),
+            store: store.clone(),
+            uploader: Uploader::new(
+                store,
+                UploadOptions::from_config(&store_config),
+                Arc::new(RateLimiter::new(store_config.upload_bytes_per_sec)),
+            ),
+            node_id: config.node_id,
+            local_defaults: config.local_retention_defaults(),
+            interval: Duration::from_millis(config.retention_check_interval_ms),
+            concurrency: config.offload_concurrency,
+        };
+        {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                maintenance.run(shutdown).await;
+                tiered.shutdown().await;
+            });
+        }
         let (coordinator, offset_commits) = GroupCoordinator::new(
             config.node_id,
             cache.clone(),

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use strata_bookie::{Bookie, BookieConfig};
+use strata_gateway::offload::store::ObjectStoreKind;
 use strata_gateway::{Gateway, GatewayConfig};
 use strata_metadata::{MetadataConfig, MetadataServer};
 use tokio_util::sync::CancellationToken;
@@ -67,7 +68,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let metadata_addrs = vec![metadata.grpc_addr().to_string()];
 
     let bookie_settings: BookieConfig = settings::load(args.bookie_config.as_deref())?;
-    let gateway_settings: GatewayConfig = settings::load(args.gateway_config.as_deref())?;
+    let mut gateway_settings: GatewayConfig = settings::load(args.gateway_config.as_deref())?;
+    let store = &mut gateway_settings.object_store;
+    if store.kind == ObjectStoreKind::Local && store.local_path.as_os_str().is_empty() {
+        store.local_path = args.data_dir.join("objects");
+    }
     let mut bookies = Vec::new();
     for node_id in 1..=DEV_BOOKIES {
         let bookie = Bookie::start(

@@ -267,6 +267,10 @@ pub struct GatewayArgs {
     /// Create unknown topics named in Metadata requests, with the default partition count.
     #[arg(long, env = "STRATA_GATEWAY_AUTO_CREATE_TOPICS")]
     pub auto_create_topics: Option<bool>,
+    /// Directory of the local object store that offloaded segments go to
+    /// (every gateway of a cluster must share one store).
+    #[arg(long, env = "STRATA_GATEWAY_OBJECTS_DIR")]
+    pub objects_dir: Option<PathBuf>,
     /// Bookies per segment the gateway opens (E).
     #[arg(long, env = "STRATA_GATEWAY_ENSEMBLE_SIZE")]
     pub ensemble_size: Option<usize>,
@@ -302,6 +306,10 @@ impl GatewayArgs {
         );
         set(&mut config.max_inflight_bytes, self.max_inflight_bytes);
         set(&mut config.auto_create_topics, self.auto_create_topics);
+        set(
+            &mut config.object_store.local_path,
+            self.objects_dir.clone(),
+        );
         set(&mut config.ensemble_size, self.ensemble_size);
         set(&mut config.write_quorum, self.write_quorum);
         set(&mut config.ack_quorum, self.ack_quorum);

@@ -87,6 +87,12 @@ impl DevCluster {
         }
     }
 
+    /// The object store directory of the cluster, which gateways started
+    /// beside it must share (`--objects-dir`).
+    pub fn objects_dir(&self) -> String {
+        self.data_dir.join("objects").display().to_string()
+    }
+
     /// `host:port` of the Kafka listener, as a client's bootstrap.servers.
     pub fn bootstrap(&self) -> String {
         self.kafka_addr.to_string()

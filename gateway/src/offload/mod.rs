@@ -9,7 +9,10 @@
 //!   multipart upload).
 //! - [`rate`]: the bandwidth limit all uploads share.
 //! - [`reader`]: reading batches back through cached footers and blocks.
+//! - [`maintenance`]: the loop that applies retention, offloads segments and
+//!   deletes the objects of deleted segments.
 
+pub mod maintenance;
 pub mod object;
 pub mod rate;
 pub mod reader;

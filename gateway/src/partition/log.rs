@@ -9,6 +9,7 @@ use super::batch_cache::BatchCache;
 use super::producers::{ProducerBatch, ProducerStates, Verdict, WrittenBatch};
 use super::Partitions;
 use crate::log::batch::RecordBatch;
+use crate::offload::reader::TieredReader;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -100,6 +101,8 @@ pub struct PartitionLog {
     broken: Arc<AtomicBool>,
     cache: ClusterCache,
     pool: BookiePool,
+    /// Reads of offloaded segments.
+    tiered: TieredReader,
     /// The gateway's partitions, to roll segments (weak: they hold this log).
     partitions: Weak<Partitions>,
 }
@@ -120,6 +123,7 @@ impl PartitionLog {
         batches: Arc<BatchCache>,
         cache: ClusterCache,
         pool: BookiePool,
+        tiered: TieredReader,
     ) -> Self {
         let open_lac = writer.subscribe_lac();
         Self {
@@ -145,6 +149,7 @@ impl PartitionLog {
             broken: Arc::new(AtomicBool::new(false)),
             cache,
             pool,
+            tiered,
             partitions,
         }
     }
@@ -513,6 +518,8 @@ impl PartitionLog {
         (after > 0).then(|| bases[after - 1])
     }
 
+    /// Reads older data: from the segment's object when it is offloaded,
+    /// else from its bookies.
     async fn read_from_bookies(
         &self,
         offset: i64,
@@ -520,21 +527,37 @@ impl PartitionLog {
         max_bytes: usize,
     ) -> Result<Vec<Bytes>, i16> {
         let storage_error = error_code::KAFKA_STORAGE_ERROR as i16;
-        let spec = self.cache.read(|state| {
+        let found = self.cache.read(|state| {
             let segments = state.segments(&self.topic, self.partition);
             let segment = segments
                 .iter()
                 .rev()
                 .find(|s| s.base_offset <= offset && end_offset(s).is_none_or(|end| offset < end))?
                 .clone();
-            Some((
+            if let Some(State::Offloaded(offloaded)) = &segment.state {
+                return Some(Where::Object(
+                    offloaded.object_key.clone(),
+                    offloaded.object_size,
+                ));
+            }
+            Some(Where::Bookies(
                 segment.segment_id,
                 LedgerSpec::from_segment(&segment, &state.bookies),
             ))
         });
-        let (segment_id, spec) = match spec {
-            Some((segment_id, Ok(spec))) => (segment_id, spec),
-            Some((_, Err(error))) => {
+        let (segment_id, spec) = match found {
+            Some(Where::Object(key, size)) => {
+                return self
+                    .tiered
+                    .read(&key, size, offset, max_bytes)
+                    .await
+                    .map_err(|error| {
+                        tracing::warn!(topic = %self.topic, partition = self.partition, %key, %error, "reading from object storage failed");
+                        storage_error
+                    });
+            }
+            Some(Where::Bookies(segment_id, Ok(spec))) => (segment_id, spec),
+            Some(Where::Bookies(_, Err(error))) => {
                 tracing::warn!(%error, "cannot read a segment");
                 return Err(storage_error);
             }
@@ -559,6 +582,14 @@ impl PartitionLog {
             .map(|entry| entry.payload)
             .collect())
     }
+}
+
+/// Where a segment's data is read from.
+enum Where {
+    /// Its object (key, size) in object storage.
+    Object(String, u64),
+    /// Its bookies.
+    Bookies(u64, Result<LedgerSpec, strata_bookie::ledger::LedgerError>),
 }
 
 /// The end offset of a sealed or offloaded segment; `None` while it is open.

@@ -16,6 +16,7 @@ pub use log::{Appended, PartitionLog, Sequenced};
 pub use producer_ids::{ProducerIdError, ProducerIds, PRODUCER_ID_BLOCK};
 pub use rebuild::{RebuildError, REBUILD_BYTES};
 
+use crate::offload::reader::TieredReader;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use strata_bookie::ledger::BookiePool;
@@ -51,6 +52,7 @@ pub struct Partitions {
     logs: RwLock<HashMap<(String, u32), Arc<PartitionLog>>>,
     producer_ids: ProducerIds,
     batches: Arc<batch_cache::BatchCache>,
+    tiered: TieredReader,
 }
 
 impl Partitions {
@@ -61,6 +63,7 @@ impl Partitions {
         client: MetadataClient,
         pool: BookiePool,
         options: LogOptions,
+        tiered: TieredReader,
     ) -> Arc<Self> {
         Arc::new(Self {
             node_id,
@@ -71,7 +74,33 @@ impl Partitions {
             batches: Arc::new(batch_cache::BatchCache::new(options.batch_cache_bytes)),
             options,
             logs: RwLock::new(HashMap::new()),
+            tiered,
         })
+    }
+
+    /// Every log this gateway serves now.
+    pub fn served(&self) -> Vec<Arc<PartitionLog>> {
+        self.logs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The gateway's bookie connections.
+    pub fn pool(&self) -> &BookiePool {
+        &self.pool
+    }
+
+    /// The metadata client.
+    pub fn client(&self) -> &MetadataClient {
+        &self.client
+    }
+
+    /// The watch-fed cluster cache.
+    pub fn cache(&self) -> &ClusterCache {
+        &self.cache
     }
 
     /// The producer ids this gateway hands out to idempotent producers.

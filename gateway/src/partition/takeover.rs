@@ -157,6 +157,7 @@ async fn try_take_over(
         partitions.batches.clone(),
         partitions.cache.clone(),
         partitions.pool.clone(),
+        partitions.tiered.clone(),
     ))
 }
 
