@@ -225,6 +225,22 @@ async fn sealed_segments_move_to_local_object_storage_and_read_back() {
     for (_, key) in &keys {
         assert!(data.join("objects").join(key).is_file(), "{key} is a file");
     }
+    // Deleting the topic deletes its objects.
+    let out = cluster.admin(&["topics", "delete", TOPIC]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objects = data.join("objects");
+    let emptied = common::eventually(Duration::from_secs(30), || {
+        stored_keys(&objects, &objects).is_empty()
+    });
+    assert!(
+        emptied,
+        "objects left: {:?}",
+        stored_keys(&objects, &objects)
+    );
 }
 
 /// An S3-compatible server (moto) on a free loopback port.

@@ -3,6 +3,7 @@
 
 pub mod groups;
 mod kafka_wire;
+mod topics;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -12,9 +13,7 @@ use strata_proto::admin::{
     AddMetadataLearnerRequest, ClusterStatusRequest, MetadataMember, PromoteMetadataNodeRequest,
     RemoveMetadataNodeRequest,
 };
-use strata_proto::metadata::{
-    CreateTopicRequest, DeleteTopicRequest, ListPartitionsRequest, ListTopicsRequest, Outcome,
-};
+use strata_proto::metadata::{CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, Outcome};
 
 /// Flags of `strata admin`.
 #[derive(Debug, Args)]
@@ -85,10 +84,14 @@ pub enum TopicsCommand {
         #[arg(long = "config", value_name = "KEY=VALUE")]
         configs: Vec<String>,
     },
-    /// Show a topic's partitions, owners and leader epochs.
+    /// Show a topic, its configs and, per partition, its owner, log start and
+    /// live segments with the tier (bookies or object storage) holding each.
     Describe {
         /// Topic name.
         name: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a topic.
     Delete {
@@ -210,20 +213,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let count = reply.topic.map(|t| t.partition_count).unwrap_or_default();
             println!("created topic {name} with {count} partitions");
         }
-        AdminCommand::Topics(TopicsCommand::Describe { name }) => {
-            let request = ListPartitionsRequest { topic: name };
-            let reply = client
-                .call(|mut c| {
-                    let request = request.clone();
-                    async move { c.list_partitions(request).await }
-                })
-                .await
-                .with_context(unreachable)?;
-            check(reply.outcome)?;
-            println!("partition\towner\tleader_epoch");
-            for p in reply.partitions {
-                println!("{}\t{}\t{}", p.partition, p.owner, p.leader_epoch);
-            }
+        AdminCommand::Topics(TopicsCommand::Describe { name, json }) => {
+            topics::describe(&client, &name, json).await?
         }
         AdminCommand::Topics(TopicsCommand::Delete { name }) => {
             let request = DeleteTopicRequest { name: name.clone() };
