@@ -138,6 +138,8 @@ impl Gateway {
         );
         tasks.spawn(offset_commits);
         tasks.spawn(coordinator.clone().run(shutdown.clone()));
+        let partitions_for_drain = partitions.clone();
+        let node_id = config.node_id;
         let limits = InflightLimits::from_config(&config);
         let gatekeeper = Arc::new(Gatekeeper::new(
             config,
@@ -147,6 +149,12 @@ impl Gateway {
             client,
             partitions,
             coordinator,
+        ));
+        tasks.spawn(stop_when_drained(
+            node_id,
+            cache.clone(),
+            partitions_for_drain,
+            shutdown.clone(),
         ));
         tasks.spawn(accept_loop(
             listener,
@@ -177,6 +185,43 @@ impl Gateway {
     /// Waits until every task of the gateway has stopped (after shutdown).
     pub async fn wait(self) {
         self.tasks.wait().await;
+    }
+}
+
+/// Stops the gateway once metadata marked it draining and it owns no
+/// partition or coordinator slot any more (`strata admin gateways drain`).
+async fn stop_when_drained(
+    node_id: i32,
+    cache: ClusterCache,
+    partitions: Arc<Partitions>,
+    shutdown: CancellationToken,
+) {
+    let mut changes = cache.subscribe();
+    loop {
+        let drained = cache.read(|state| {
+            let draining = state.gateways.get(&node_id).is_some_and(|g| g.draining);
+            let owns = state.partitions.values().any(|p| p.owner == node_id)
+                || state.slots.values().any(|s| s.owner == node_id);
+            draining && !owns
+        });
+        if drained && partitions.served().is_empty() {
+            tracing::info!(
+                node_id,
+                "drained: every partition and coordinator slot moved away; stopping"
+            );
+            shutdown.cancel();
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            // Logs are dropped a moment after ownership moves; look again.
+            _ = tokio::time::sleep(Duration::from_millis(200)), if drained => {}
+        }
     }
 }
 

@@ -273,6 +273,7 @@ mod tests {
             kafka_port: 1,
             zone: String::new(),
             lease_expires_ms,
+            draining: false,
         }
     }
 

@@ -280,6 +280,18 @@ impl MetadataService for MetadataGrpc {
         }))
     }
 
+    async fn drain_gateway(
+        &self,
+        request: Request<DrainGatewayRequest>,
+    ) -> Result<Response<DrainGatewayResponse>, Status> {
+        let outcome = self
+            .propose_outcome(Op::DrainGateway(request.into_inner()))
+            .await?;
+        Ok(Response::new(DrainGatewayResponse {
+            outcome: Some(outcome),
+        }))
+    }
+
     async fn advance_log_start(
         &self,
         request: Request<AdvanceLogStartRequest>,

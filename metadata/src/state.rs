@@ -166,6 +166,7 @@ impl ClusterState {
                 kafka_port: req.kafka_port,
                 zone: req.zone.clone(),
                 lease_expires_ms,
+                draining: false,
             }),
             Op::GatewayHeartbeat(req) => self.renew_gateway(req.node_id, lease_expires_ms),
             Op::DeregisterGateway(req) => self.deregister_gateway(req.node_id, now_ms),
@@ -192,6 +193,7 @@ impl ClusterState {
             Op::CommitOffsets(req) => self.commit_offsets(&req.offsets, req.coordinator),
             Op::DeleteOffsets(req) => self.delete_offsets(req),
             Op::AdvanceLogStart(req) => self.advance_log_start(req),
+            Op::DrainGateway(req) => self.drain_gateway(req.node_id, now_ms),
             Op::AllocateProducerIds(req) => self.allocate_producer_ids(req.count),
             Op::ControllerTick(_) => Ok((ok_reply(), self.controller_tick(rules, now_ms))),
         }
@@ -320,6 +322,43 @@ impl ClusterState {
         gateway.lease_expires_ms = gateway.lease_expires_ms.min(now_ms);
         let reply = lease_reply(gateway.lease_expires_ms);
         Ok((reply, vec![Change::Gateway(gateway.clone())]))
+    }
+
+    /// Marks a live gateway as draining, so that the controller moves what it
+    /// owns away. Refused for a gateway that is not live, and for the last
+    /// live gateway that is not draining (nobody could take over).
+    fn drain_gateway(&mut self, node_id: i32, now_ms: u64) -> Checked {
+        let live = self
+            .gateways
+            .get(&node_id)
+            .is_some_and(|g| g.lease_expires_ms > now_ms);
+        if !live {
+            return Err(Outcome::error(
+                error_code::INVALID_REQUEST,
+                format!("gateway {node_id} is not live"),
+            ));
+        }
+        let others = self
+            .live_gateways(now_ms)
+            .filter(|g| g.node_id != node_id && !g.draining)
+            .count();
+        if others == 0 {
+            return Err(Outcome::error(
+                error_code::INVALID_REQUEST,
+                format!("gateway {node_id} is the only live gateway left; nobody could take over its partitions"),
+            ));
+        }
+        let Some(gateway) = self.gateways.get_mut(&node_id) else {
+            return Err(Outcome::error(
+                error_code::INVALID_REQUEST,
+                "unknown gateway",
+            ));
+        };
+        if gateway.draining {
+            return Ok((ok_reply(), Vec::new()));
+        }
+        gateway.draining = true;
+        Ok((ok_reply(), vec![Change::Gateway(gateway.clone())]))
     }
 
     fn register_bookie(&mut self, bookie: BookieInfo) -> Checked {

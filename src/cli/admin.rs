@@ -1,6 +1,7 @@
 //! `strata admin`: inspect and change a running cluster through the metadata
 //! service, and its consumer groups through the gateways' Kafka listeners.
 
+pub mod gateways;
 pub mod groups;
 mod kafka_wire;
 mod topics;
@@ -44,6 +45,9 @@ pub enum AdminCommand {
     Metadata(MembersCommand),
     /// Consumer groups: list, describe (with lag), reset offsets.
     Groups(groups::GroupsArgs),
+    /// Gateways: list what each owns, drain one.
+    #[command(subcommand)]
+    Gateways(gateways::GatewaysCommand),
 }
 
 /// Membership changes of the metadata raft group.
@@ -107,6 +111,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let unreachable = || format!("cannot reach metadata at {}", args.metadata_addrs.join(","));
     match args.command {
         AdminCommand::Groups(groups) => groups::run(groups, &client).await?,
+        AdminCommand::Gateways(command) => gateways::run(command, &client).await?,
         AdminCommand::Status => {
             let status = client
                 .admin_call(|mut c| async move { c.cluster_status(ClusterStatusRequest {}).await })

@@ -74,6 +74,11 @@ impl RoleProcess {
         }
     }
 
+    /// How the process ended, if it has (without waiting for it).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// Everything the process logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -240,6 +240,7 @@ async fn seal_open_segment(
         segment = segment.segment_id,
         end_offset,
         recovered = recovered.recovered_entries,
+        copies = recovered.copies_written,
         "sealed the previous open segment"
     );
     Ok(end_offset)

@@ -7,6 +7,7 @@
 //! 2. takes everything owned by a gateway whose lease lapsed (or that is not
 //!    registered) and gives it to the least loaded live gateway, or to nobody
 //!    (-1) when no gateway is live;
+//!    A draining gateway counts as not live here: everything moves off it;
 //! 3. balances: moves from the most to the least loaded live gateway until every
 //!    live gateway owns within one of every other, partitions and slots each on
 //!    their own. That is the fewest moves that balance the cluster.
@@ -107,8 +108,12 @@ impl ClusterState {
         changes
     }
 
+    /// Gateways that may own things: live and not being drained.
     fn live_gateway_ids(&self, now_ms: u64) -> BTreeSet<i32> {
-        self.live_gateways(now_ms).map(|g| g.node_id).collect()
+        self.live_gateways(now_ms)
+            .filter(|g| !g.draining)
+            .map(|g| g.node_id)
+            .collect()
     }
 
     fn slots_missing(&self) -> bool {
@@ -204,10 +209,11 @@ mod tests {
     use super::super::tests::{cluster, code, create, register_gateway, run};
     use super::super::{outcome, DEFAULT_COORDINATOR_SLOTS};
     use super::*;
+    use strata_proto::error_code;
     use strata_proto::metadata::metadata_command::Op;
     use strata_proto::metadata::{
         ControllerTick, CreatePartitionsRequest, DeleteTopicRequest, DeregisterGatewayRequest,
-        GatewayHeartbeatRequest, PartitionInfo,
+        DrainGatewayRequest, GatewayHeartbeatRequest, PartitionInfo,
     };
 
     fn tick(state: &mut ClusterState, now_ms: u64) -> Vec<Change> {
@@ -246,6 +252,30 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_draining_gateway_hands_everything_over_and_a_restart_ends_the_drain() {
+        let mut state = cluster(&[1, 2], 100);
+        create(&mut state, "t", 6);
+        tick(&mut state, 100);
+        assert_eq!(partition_counts(&state), BTreeMap::from([(1, 3), (2, 3)]));
+        let drain = |node_id| Op::DrainGateway(DrainGatewayRequest { node_id });
+        assert_eq!(code(&mut state, 100, drain(2)), 0);
+        assert!(state.controller_work_pending(100));
+        let changes = tick(&mut state, 100);
+        assert_eq!(partition_counts(&state), BTreeMap::from([(1, 6)]));
+        assert_eq!(slot_counts(&state).get(&2), None, "slots move too");
+        assert!(moved_partitions(&changes)
+            .iter()
+            .all(|p| p.owner == 1 && p.leader_epoch == 2));
+        // The last undrained gateway cannot be drained; unknown ones neither.
+        assert_eq!(code(&mut state, 100, drain(1)), error_code::INVALID_REQUEST);
+        assert_eq!(code(&mut state, 100, drain(9)), error_code::INVALID_REQUEST);
+        // Registering again (a restart) makes it a full member once more.
+        register_gateway(&mut state, 2, 200);
+        tick(&mut state, 200);
+        assert_eq!(partition_counts(&state), BTreeMap::from([(1, 3), (2, 3)]));
     }
 
     #[test]
