@@ -5,7 +5,6 @@
 mod common;
 
 use common::group::{produce, read_counts, wait_for_assignment, wait_for_reads, Member};
-use common::role::RoleProcess;
 use common::wire::WireClient;
 use common::DevCluster;
 use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -57,21 +56,7 @@ fn committed_total(bootstrap: &str, group: &str) -> i64 {
 fn members_rejoin_the_new_coordinator_and_resume_at_their_commits() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = DevCluster::start(dir.path());
-    let args: Vec<String> = [
-        "gateway",
-        "--node-id",
-        "2",
-        "--kafka-listen-addr",
-        "127.0.0.1:0",
-        "--metadata-addrs",
-        &cluster.metadata_addr.to_string(),
-        "--objects-dir",
-        &cluster.objects_dir(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut second = RoleProcess::start(&args, &dir.path().join("gateway-2.log"), "kafka");
+    let mut second = cluster.start_gateway(2, &dir.path().join("gateway-2.log"), &[]);
 
     // A group that the second gateway coordinates, once slots are balanced.
     let mut group = String::new();

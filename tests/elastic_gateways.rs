@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::role::RoleProcess;
 use common::DevCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -53,24 +52,6 @@ fn plain(text: &str) -> String {
     out
 }
 
-fn second_gateway(cluster: &DevCluster, dir: &std::path::Path) -> RoleProcess {
-    let args: Vec<String> = [
-        "gateway",
-        "--node-id",
-        "2",
-        "--kafka-listen-addr",
-        "127.0.0.1:0",
-        "--metadata-addrs",
-        &cluster.metadata_addr.to_string(),
-        "--objects-dir",
-        &cluster.objects_dir(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    RoleProcess::start(&args, &dir.join("gateway-2.log"), "kafka")
-}
-
 async fn produce(producer: &FutureProducer, from: usize, to: usize) -> usize {
     let deliveries: Vec<_> = (from..to)
         .map(|i| {
@@ -109,7 +90,7 @@ async fn a_new_gateway_takes_partitions_without_copying_and_a_drained_one_hands_
         .unwrap();
     let mut sent = produce(&producer, 0, 600).await;
     let added = Instant::now();
-    let mut second = second_gateway(&cluster, dir.path());
+    let mut second = cluster.start_gateway(2, &dir.path().join("gateway-2.log"), &[]);
     let balanced = common::eventually(Duration::from_secs(60), || {
         owned_partitions(&cluster) == BTreeMap::from([(1, 3), (2, 3)])
     });

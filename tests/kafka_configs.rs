@@ -6,7 +6,6 @@
 
 mod common;
 
-use common::role::RoleProcess;
 use common::wire::WireClient;
 use common::{eventually, DevCluster};
 use kafka_protocol::messages::alter_configs_request::{
@@ -448,23 +447,7 @@ fn metadata_auto_creates_unknown_topics_only_where_enabled() {
     );
 
     let log = dir.path().join("auto-gateway.log");
-    let args: Vec<String> = [
-        "gateway",
-        "--node-id",
-        "2",
-        "--kafka-listen-addr",
-        "127.0.0.1:0",
-        "--metadata-addrs",
-        &cluster.metadata_addr.to_string(),
-        "--objects-dir",
-        &cluster.objects_dir(),
-        "--auto-create-topics",
-        "true",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let gateway = RoleProcess::start(&args, &log, "kafka");
+    let gateway = cluster.start_gateway(2, &log, &["--auto-create-topics", "true"]);
     let mut auto = WireClient::connect(gateway.addr.parse().expect("a Kafka address"));
     // A client may forbid it.
     assert_eq!(

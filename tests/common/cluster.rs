@@ -483,31 +483,12 @@ impl Cluster {
 
     /// Runs `strata admin --metadata-addrs ALL ARGS...`.
     pub fn admin(&self, args: &[&str]) -> std::process::Output {
-        Command::new(strata_bin())
-            .args([
-                "admin",
-                "--metadata-addrs",
-                &self.metadata_addrs().join(","),
-            ])
-            .args(args)
-            .output()
-            .expect("strata admin runs")
+        super::admin(&self.metadata_addrs().join(","), args)
     }
 
     /// Creates `topic` with `partitions` partitions through `strata admin`.
     pub fn create_topic(&self, topic: &str, partitions: i32) {
-        let out = self.admin(&[
-            "topics",
-            "create",
-            topic,
-            "--partitions",
-            &partitions.to_string(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::create_topic(&self.metadata_addrs().join(","), topic, partitions);
     }
 
     /// The cluster status as `client` answers it, or `None` if it does not.

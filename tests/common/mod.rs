@@ -101,29 +101,33 @@ impl DevCluster {
 
     /// Runs `strata admin` against this cluster and returns its output.
     pub fn admin(&self, args: &[&str]) -> std::process::Output {
-        Command::new(strata_bin())
-            .arg("admin")
-            .arg("--metadata-addrs")
-            .arg(self.metadata_addr.to_string())
-            .args(args)
-            .output()
-            .expect("strata admin runs")
+        admin(&self.metadata_addr.to_string(), args)
     }
 
     /// Creates `topic` with `partitions` partitions through `strata admin`.
     pub fn create_topic(&self, topic: &str, partitions: i32) {
-        let out = self.admin(&[
-            "topics",
-            "create",
-            topic,
-            "--partitions",
-            &partitions.to_string(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        create_topic(&self.metadata_addr.to_string(), topic, partitions);
+    }
+
+    /// Starts `strata gateway` with node id `node_id` beside this cluster
+    /// (same metadata, same object store), logging to `log`, with more flags.
+    pub fn start_gateway(&self, node_id: i32, log: &Path, extra: &[&str]) -> role::RoleProcess {
+        let mut args: Vec<String> = [
+            "gateway",
+            "--node-id",
+            &node_id.to_string(),
+            "--kafka-listen-addr",
+            "127.0.0.1:0",
+            "--metadata-addrs",
+            &self.metadata_addr.to_string(),
+            "--objects-dir",
+            &self.objects_dir(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        role::RoleProcess::start(&args, log, "kafka")
     }
 
     /// Kills the process with SIGKILL: nothing is flushed or closed.
@@ -183,6 +187,34 @@ pub fn terminate(child: &mut Child) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs `strata admin --metadata-addrs <metadata_addrs> <args>` and returns its output.
+pub fn admin(metadata_addrs: &str, args: &[&str]) -> std::process::Output {
+    Command::new(strata_bin())
+        .args(["admin", "--metadata-addrs", metadata_addrs])
+        .args(args)
+        .output()
+        .expect("strata admin runs")
+}
+
+/// Creates `topic` with `partitions` partitions through `strata admin`.
+pub fn create_topic(metadata_addrs: &str, topic: &str, partitions: i32) {
+    let out = admin(
+        metadata_addrs,
+        &[
+            "topics",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
