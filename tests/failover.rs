@@ -505,7 +505,6 @@ fn producing_goes_on_when_the_metadata_leader_dies() {
 const STOP_BOUND: Duration = Duration::from_secs(10);
 
 #[test]
-#[ignore = "known bug: gRPC servers wait without limit for a frozen client's connection on shutdown"]
 fn bookies_and_metadata_nodes_stop_on_sigterm_while_a_gateway_is_frozen() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster_with_topic(dir.path(), ClusterOptions::default());

@@ -15,6 +15,7 @@ use strata_metadata::lease::{keep_registered, Registration};
 use strata_proto::bookie::bookie_service_server::BookieServiceServer;
 use strata_proto::metadata::segment_info::State;
 use strata_proto::metadata::RegisterBookieRequest;
+use strata_proto::serving;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -98,9 +99,13 @@ impl Bookie {
         ));
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        let server = serving::serve_until_deadline(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
+            shutdown.clone().cancelled_owned(),
+            serving::SHUTDOWN_GRACE,
+        );
         let node_id = config.node_id;
         let closing = Arc::clone(&storage);
         tasks.spawn(async move {

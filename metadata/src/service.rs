@@ -562,10 +562,15 @@ pub async fn serve(
     let grpc = MetadataGrpc::new(node, shutdown.clone());
     // Small requests and replies must not wait on delayed ACKs.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(MetadataServiceServer::new(grpc.clone()))
         .add_service(AdminServiceServer::new(grpc))
         .add_service(raft)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    strata_proto::serving::serve_until_deadline(
+        server,
+        shutdown.cancelled_owned(),
+        strata_proto::serving::SHUTDOWN_GRACE,
+    )
+    .await
 }

@@ -27,6 +27,8 @@ pub mod admin {
     include!(concat!(env!("OUT_DIR"), "/admin/strata.admin.v1.rs"));
 }
 
+pub mod serving;
+
 /// Kafka error codes that the metadata service returns in an [`metadata::Outcome`].
 ///
 /// Gateways pass them to Kafka clients unchanged.
