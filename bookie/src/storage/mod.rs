@@ -192,7 +192,7 @@ impl Storage {
             .await
             .map_err(|_| StorageError::Closed)?;
         let state = self.shared.segments.get_or_create(admission.segment_id);
-        let state = lock(&state);
+        let mut state = lock(&state);
         let decision = state.admit_add(admission, self.shared.disk.check(), || {
             Ok(self
                 .shared

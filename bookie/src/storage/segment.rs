@@ -124,6 +124,11 @@ pub(crate) struct SegmentState {
     pub admitted_seal: Option<i64>,
     /// A delete was admitted: the segment is going away.
     pub deleting: bool,
+    /// Highest writer epoch of an add admitted since this bookie started. A
+    /// fence below it comes from a deposed owner and is refused, so a stale
+    /// recovery cannot seal a newer writer's segment under it. Kept in memory
+    /// only: metadata's epoch checks are the guard that survives restarts.
+    pub writer_epoch: u32,
 }
 
 /// What to do with an admitted add.
@@ -159,7 +164,7 @@ impl SegmentState {
     /// recovery re-add of an entry already held is fine) or the disk full.
     /// `is_held` asks the index whether the entry is already stored.
     pub fn admit_add(
-        &self,
+        &mut self,
         add: AddAdmission,
         disk_full: Option<StorageError>,
         is_held: impl FnOnce() -> Result<bool, StorageError>,
@@ -179,6 +184,7 @@ impl SegmentState {
         let sealed = self.sealed_at();
         let may_be_held = add.entry_id <= self.applied.last_entry_id;
         if (sealed.is_none() || add.recovery) && may_be_held && is_held()? {
+            self.writer_epoch = self.writer_epoch.max(add.writer_epoch);
             return Ok(AddDecision::AlreadyHeld);
         }
         if let Some(last_entry_id) = sealed {
@@ -190,16 +196,17 @@ impl SegmentState {
         if let Some(full) = disk_full {
             return Err(full);
         }
+        self.writer_epoch = self.writer_epoch.max(add.writer_epoch);
         Ok(AddDecision::Write)
     }
 
     /// Admits a fence at `epoch` (idempotent at the same epoch); a fence of an
-    /// older epoch than the current one is refused.
+    /// older epoch than the current fence, or than a writer seen, is refused.
     pub fn admit_fence(&mut self, segment_id: u64, epoch: u32) -> Result<(), StorageError> {
         if self.deleting {
             return Err(StorageError::NoSuchSegment(segment_id));
         }
-        let fenced_epoch = self.fenced_epoch();
+        let fenced_epoch = self.fenced_epoch().max(self.writer_epoch);
         if epoch < fenced_epoch {
             return Err(StorageError::Fenced {
                 segment_id,
@@ -302,6 +309,29 @@ mod tests {
             Err(StorageError::Fenced { .. })
         ));
         state.admit_fence(1, 5).unwrap();
+    }
+
+    #[test]
+    fn a_fence_below_a_writer_already_seen_is_refused() {
+        let mut state = SegmentState::default();
+        assert_eq!(
+            state
+                .admit_add(add(0, 6, false), None, held(false))
+                .unwrap(),
+            AddDecision::Write
+        );
+        // A deposed owner (epoch 5) must not fence and seal epoch 6's segment.
+        assert!(matches!(
+            state.admit_fence(1, 5),
+            Err(StorageError::Fenced {
+                fenced_epoch: 6,
+                epoch: 5,
+                ..
+            })
+        ));
+        // The writer's own epoch (a retaken log) and newer owners get in.
+        state.admit_fence(1, 6).unwrap();
+        state.admit_fence(1, 7).unwrap();
     }
 
     #[test]

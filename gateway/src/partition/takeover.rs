@@ -36,6 +36,8 @@ pub(super) enum TakeoverError {
     BadEntry(u64, String),
     #[error("rebuilding producer state: {0}")]
     Rebuild(#[from] super::RebuildError),
+    #[error("the grant at epoch {0} is no longer this gateway's")]
+    Superseded(u32),
 }
 
 /// Keeps the set of served logs equal to what metadata grants this gateway.
@@ -119,9 +121,28 @@ async fn try_take_over(
     partition: u32,
     epoch: u32,
 ) -> Result<PartitionLog, TakeoverError> {
-    let (segments, bookies) = partitions
-        .cache
-        .read(|state| (state.segments(topic, partition), state.bookies.clone()));
+    // The grant and the segments are read from one snapshot: a grant read
+    // earlier may have been superseded, and recovering a newer owner's open
+    // segment at a stale epoch would seal it under that owner.
+    let (granted, segments, bookies) = partitions.cache.read(|state| {
+        let granted = state
+            .partition(topic, partition)
+            .is_some_and(|p| p.owner == partitions.node_id && p.leader_epoch == epoch);
+        (
+            granted,
+            state.segments(topic, partition),
+            state.bookies.clone(),
+        )
+    });
+    if !granted {
+        return Err(TakeoverError::Superseded(epoch));
+    }
+    if let Some(newer) = segments.last().filter(|s| s.writer_epoch > epoch) {
+        return Err(TakeoverError::Refused(format!(
+            "segment {} was opened at epoch {}, after this grant at {epoch}",
+            newer.segment_id, newer.writer_epoch
+        )));
+    }
     let next_offset = match segments.last() {
         None => 0,
         Some(last) => match &last.state {
