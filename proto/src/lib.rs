@@ -53,6 +53,10 @@ pub mod error_code {
     pub const UNKNOWN_TOPIC_ID: i32 = 100;
     /// Too few replicas are available to confirm the write; the producer retries.
     pub const NOT_ENOUGH_REPLICAS: i32 = 19;
+    /// The write may have reached the log but could not be confirmed; the
+    /// producer retries, and an idempotent producer's retry is answered with
+    /// the original offsets if it did.
+    pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i32 = 20;
     /// The request (or a part of it, such as transactions) is not supported.
     pub const UNSUPPORTED_VERSION: i32 = 35;
     /// A produce request's `acks` is not -1, 0 or 1.

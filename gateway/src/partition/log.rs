@@ -466,10 +466,13 @@ impl PartitionLog {
                 "segment writer failed; the partition's segment will be recovered and rolled"
             );
         }
+        // The batch was handed to the bookies, and the recovery that follows
+        // may keep it: a producer told "not written" could resend it as new
+        // (librdkafka does, after bumping its epoch), which would duplicate it.
         if error.is_fenced() {
             super::NOT_SERVED
         } else {
-            error_code::NOT_ENOUGH_REPLICAS as i16
+            error_code::NOT_ENOUGH_REPLICAS_AFTER_APPEND as i16
         }
     }
 
