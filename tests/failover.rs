@@ -5,7 +5,8 @@
 //! leader dies. An idempotent librdkafka producer records what was
 //! acknowledged, and every acknowledged record is then read back at its offset.
 //! Also: a bookie or metadata node told to stop exits even while a gateway
-//! connected to it is frozen.
+//! connected to it is frozen, and a rolling restart of every process, one at
+//! a time under load, loses nothing.
 
 mod common;
 
@@ -217,7 +218,6 @@ fn produce_request(topic: &str, partition: i32, value: &str) -> ProduceRequest {
 }
 
 #[test]
-#[ignore = "multi-process failover suite: not yet stable on 2 shared cores; run with --ignored"]
 fn a_killed_gateways_partitions_take_writes_again_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster_with_topic(dir.path(), ClusterOptions::default());
@@ -288,7 +288,6 @@ fn print_segments_sealed_under_their_writer(cluster: &Cluster) {
 }
 
 #[test]
-#[ignore = "a resumed old owner can seal the new owner's segment at its old epoch (bookie fence ignores the writer epoch); run with --ignored"]
 fn a_paused_owner_is_fenced_and_nothing_it_sends_after_resuming_lands() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster_with_topic(dir.path(), ClusterOptions::default());
@@ -421,7 +420,6 @@ fn a_paused_owner_is_fenced_and_nothing_it_sends_after_resuming_lands() {
 }
 
 #[test]
-#[ignore = "multi-process failover suite: not yet stable on 2 shared cores; run with --ignored"]
 fn producing_goes_on_when_the_metadata_leader_dies() {
     let dir = tempfile::tempdir().unwrap();
     let options = ClusterOptions {
@@ -547,7 +545,6 @@ fn bookies_and_metadata_nodes_stop_on_sigterm_while_a_gateway_is_frozen() {
 }
 
 #[test]
-#[ignore = "multi-process failover suite: not yet stable on 2 shared cores; run with --ignored"]
 fn an_idempotent_producer_writes_each_record_once_through_bookie_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster_with_topic(dir.path(), ClusterOptions::default());
@@ -595,5 +592,44 @@ fn an_idempotent_producer_writes_each_record_once_through_bookie_restarts() {
         })
         .sum();
     eprintln!("bookie restarts: {rolled} segment writers lost their ack quorum and rolled");
+    drain_and_check(&cluster, producer);
+}
+
+#[test]
+fn a_rolling_restart_of_every_process_under_load_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ClusterOptions {
+        metadata_nodes: 3,
+        ..ClusterOptions::default()
+    };
+    let mut cluster = cluster_with_topic(dir.path(), options);
+    let producer = LoadProducer::start(&cluster.bootstrap(), TOPIC, PARTITIONS, "p", PACE, &[]);
+    warm_up(&producer);
+
+    let order: Vec<(Role, u32)> = [(Role::Metadata, 3), (Role::Bookie, 3), (Role::Gateway, 2)]
+        .into_iter()
+        .flat_map(|(role, count)| (1..=count).map(move |id| (role, id)))
+        .collect();
+    for (role, id) in order {
+        let started = Instant::now();
+        let process = cluster.process(role, id);
+        let name = process.name();
+        process.stop();
+        process.start();
+        if role == Role::Metadata {
+            cluster.wait_metadata_caught_up(id, Duration::from_secs(30));
+        }
+        cluster.wait_healthy(Duration::from_secs(60));
+        let back = Instant::now();
+        assert!(
+            wait_for_acks(&producer, back, &all_partitions(), Duration::from_secs(30)),
+            "every partition takes writes again after {name} restarted"
+        );
+        eprintln!(
+            "rolling restart: {name} stopped, restarted and the cluster healthy with every \
+             partition taking writes in {} ms",
+            started.elapsed().as_millis()
+        );
+    }
     drain_and_check(&cluster, producer);
 }

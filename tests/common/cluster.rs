@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use strata_metadata::client::MetadataClient;
@@ -328,12 +328,23 @@ pub struct Cluster {
     pub bookies: Vec<Process>,
     pub gateways: Vec<Process>,
     runtime: tokio::runtime::Runtime,
+    /// Held while the cluster lives: the tests of one binary run their
+    /// clusters one at a time, since two would fight over two cores and make
+    /// timing-bound checks (leases, failover) flaky.
+    _one_at_a_time: MutexGuard<'static, ()>,
 }
+
+/// Taken by every [`Cluster`] for its lifetime.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 impl Cluster {
     /// Starts every process in `dir` (metadata first, then bookies, then
     /// gateways) and waits until every bookie and gateway holds a lease.
     pub fn start(dir: &Path, options: ClusterOptions) -> Self {
+        // A test that failed while holding it poisoned it; the next may go on.
+        let one_at_a_time = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let metadata_ports: Vec<u16> = (0..options.metadata_nodes).map(|_| listen_port()).collect();
         let metadata_addrs: Vec<String> = metadata_ports
             .iter()
@@ -415,6 +426,7 @@ impl Cluster {
                 .enable_all()
                 .build()
                 .expect("a runtime for metadata calls"),
+            _one_at_a_time: one_at_a_time,
         };
         for process in cluster
             .metadata
@@ -531,6 +543,30 @@ impl Cluster {
             assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Waits until metadata node `id` has applied at least what the leader had
+    /// applied when asked, so that another node may be stopped without leaving
+    /// the group short of a caught-up majority.
+    pub fn wait_metadata_caught_up(&self, id: u32, timeout: Duration) {
+        let applied_of = |node: u32| {
+            let addr = self
+                .metadata
+                .iter()
+                .find(|p| p.id == node)
+                .map(|p| p.addr())
+                .expect("a metadata node of that id");
+            let client = self.client_of(&[addr], Duration::from_secs(1));
+            self.status_from(&client).map(|s| s.last_applied)
+        };
+        let leader = self.raft_leader(timeout);
+        let target = applied_of(leader).expect("the leader answers");
+        let caught_up = super::eventually(timeout, || applied_of(id).is_some_and(|a| a >= target));
+        assert!(
+            caught_up,
+            "metadata-{id} applied {:?}, the leader {target}",
+            applied_of(id)
+        );
     }
 
     /// Every partition of `topic` by index, with its owner and leader epoch.
