@@ -10,7 +10,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use strata_metadata::client::MetadataClient;
 use strata_proto::metadata::segment_info::State;
@@ -21,19 +20,6 @@ const RECORDS: usize = 3_000;
 
 /// Gateway and bookie settings that make offloading and bookie GC act within
 /// a test's time (as in `tiered_storage.rs`).
-fn quick_configs(dir: &Path) -> Vec<String> {
-    let gateway = dir.join("gateway.toml");
-    std::fs::write(&gateway, "retention_check_interval_ms = 200\n").unwrap();
-    let bookie = dir.join("bookie.toml");
-    std::fs::write(&bookie, "gc_interval_ms = 200\ngc_offloaded_grace_ms = 0\n").unwrap();
-    vec![
-        "--gateway-config".into(),
-        gateway.display().to_string(),
-        "--bookie-config".into(),
-        bookie.display().to_string(),
-    ]
-}
-
 async fn create_topic(cluster: &DevCluster) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())
@@ -109,7 +95,10 @@ fn admin_ok(cluster: &DevCluster, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn describe_shows_segments_on_bookies_and_in_object_storage() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = DevCluster::start_with(&dir.path().join("data"), &quick_configs(dir.path()));
+    let cluster = DevCluster::start_with(
+        &dir.path().join("data"),
+        &common::quick_maintenance_configs(dir.path(), ""),
+    );
     create_topic(&cluster).await;
     produce(&cluster).await;
 

@@ -27,23 +27,6 @@ const RECORDS: usize = 3_000;
 
 /// Gateway and bookie settings that make retention, offloading and bookie GC
 /// act within a test's time.
-fn quick_configs(dir: &Path, store: &str) -> Vec<String> {
-    let gateway = dir.join("gateway.toml");
-    std::fs::write(
-        &gateway,
-        format!("retention_check_interval_ms = 200\n{store}"),
-    )
-    .unwrap();
-    let bookie = dir.join("bookie.toml");
-    std::fs::write(&bookie, "gc_interval_ms = 200\ngc_offloaded_grace_ms = 0\n").unwrap();
-    vec![
-        "--gateway-config".into(),
-        gateway.display().to_string(),
-        "--bookie-config".into(),
-        bookie.display().to_string(),
-    ]
-}
-
 async fn create_topic(cluster: &DevCluster, topic: &str, configs: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())
@@ -220,7 +203,7 @@ async fn offload_and_read_back(cluster: &DevCluster) -> Vec<(u64, String)> {
 async fn sealed_segments_move_to_local_object_storage_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let cluster = DevCluster::start_with(&data, &quick_configs(dir.path(), ""));
+    let cluster = DevCluster::start_with(&data, &common::quick_maintenance_configs(dir.path(), ""));
     let keys = offload_and_read_back(&cluster).await;
     for (_, key) in &keys {
         assert!(data.join("objects").join(key).is_file(), "{key} is a file");
@@ -306,8 +289,10 @@ async fn sealed_segments_move_to_an_s3_server_and_read_back() {
          allow_http = true\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n",
         server.endpoint
     );
-    let cluster =
-        DevCluster::start_with(&dir.path().join("data"), &quick_configs(dir.path(), &store));
+    let cluster = DevCluster::start_with(
+        &dir.path().join("data"),
+        &common::quick_maintenance_configs(dir.path(), &store),
+    );
     let keys = offload_and_read_back(&cluster).await;
     assert!(!keys.is_empty());
     assert!(
@@ -321,7 +306,10 @@ async fn a_kill_during_offload_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Slow uploads, so that the kill lands while segments are being offloaded.
-    let slow = quick_configs(dir.path(), "[object_store]\nupload_bytes_per_sec = 65536\n");
+    let slow = common::quick_maintenance_configs(
+        dir.path(),
+        "[object_store]\nupload_bytes_per_sec = 65536\n",
+    );
     let cluster = DevCluster::start_with(&data, &slow);
     create_topic(&cluster, TOPIC, &[("segment.bytes", "32768")]).await;
     produce(&cluster, TOPIC, 0, RECORDS, None).await;
@@ -339,7 +327,7 @@ async fn a_kill_during_offload_loses_and_duplicates_nothing() {
     );
     cluster.kill();
 
-    let cluster = DevCluster::start_with(&data, &quick_configs(dir.path(), ""));
+    let cluster = DevCluster::start_with(&data, &common::quick_maintenance_configs(dir.path(), ""));
     produce(&cluster, TOPIC, RECORDS, RECORDS + 100, None).await;
     let read = consume_all(&cluster, TOPIC, RECORDS + 100);
     assert!(
@@ -364,7 +352,7 @@ async fn a_kill_during_offload_loses_and_duplicates_nothing() {
 async fn records_older_than_retention_disappear_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let cluster = DevCluster::start_with(&data, &quick_configs(dir.path(), ""));
+    let cluster = DevCluster::start_with(&data, &common::quick_maintenance_configs(dir.path(), ""));
     create_topic(
         &cluster,
         TOPIC,
@@ -459,7 +447,7 @@ fn stored_keys(root: &Path, dir: &Path) -> BTreeSet<String> {
 async fn delete_records_moves_the_log_start_and_frees_whole_segments() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let cluster = DevCluster::start_with(&data, &quick_configs(dir.path(), ""));
+    let cluster = DevCluster::start_with(&data, &common::quick_maintenance_configs(dir.path(), ""));
     create_topic(&cluster, TOPIC, &[("segment.bytes", "32768")]).await;
     produce(&cluster, TOPIC, 0, RECORDS, None).await;
     let first_segments = segments(&cluster, TOPIC).await;

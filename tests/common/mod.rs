@@ -260,3 +260,25 @@ pub fn consumer_from_beginning(
     consumer.assign(&assignment).expect("partitions assigned");
     consumer
 }
+
+/// `strata dev` flags for config files, written into `dir`, that make
+/// retention, offload and bookie GC run every 200 ms, with no grace for
+/// offloaded segments. `gateway_extra` is appended to the gateway's file
+/// (an `[object_store]` table, say).
+pub fn quick_maintenance_configs(dir: &Path, gateway_extra: &str) -> Vec<String> {
+    let gateway = dir.join("gateway.toml");
+    std::fs::write(
+        &gateway,
+        format!("retention_check_interval_ms = 200\n{gateway_extra}"),
+    )
+    .expect("gateway config is written");
+    let bookie = dir.join("bookie.toml");
+    std::fs::write(&bookie, "gc_interval_ms = 200\ngc_offloaded_grace_ms = 0\n")
+        .expect("bookie config is written");
+    vec![
+        "--gateway-config".into(),
+        gateway.display().to_string(),
+        "--bookie-config".into(),
+        bookie.display().to_string(),
+    ]
+}
