@@ -56,6 +56,14 @@ pub struct BookieConfig {
     pub min_free_bytes: u64,
     /// How often (ms) the free space of the data disk is measured.
     pub disk_check_interval_ms: u64,
+    /// Whether this bookie takes part in auto-recovery: re-replicating sealed
+    /// segments that lost a replica with a dead bookie.
+    pub auto_recovery: bool,
+    /// How long (ms) a bookie's lease must have lapsed before its segments are
+    /// re-replicated, so that a bookie that restarts quickly costs no copying.
+    pub auto_recovery_delay_ms: u64,
+    /// How often (ms) this bookie looks for under-replicated segments.
+    pub auto_recovery_interval_ms: u64,
 }
 
 impl Default for BookieConfig {
@@ -81,6 +89,9 @@ impl Default for BookieConfig {
             compaction_live_ratio: 0.5,
             min_free_bytes: 128 * MIB,
             disk_check_interval_ms: 1000,
+            auto_recovery: true,
+            auto_recovery_delay_ms: 5_000,
+            auto_recovery_interval_ms: 2_000,
         }
     }
 }
@@ -102,6 +113,7 @@ impl BookieConfig {
             ("checkpoint_interval_ms", self.checkpoint_interval_ms),
             ("gc_interval_ms", self.gc_interval_ms),
             ("disk_check_interval_ms", self.disk_check_interval_ms),
+            ("auto_recovery_interval_ms", self.auto_recovery_interval_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError(format!("{name} must be at least 1")));

@@ -1,6 +1,8 @@
-//! The bookie process: opens its storage, serves gRPC, runs checkpoints and
-//! garbage collection, and keeps its registration with metadata alive.
+//! The bookie process: opens its storage, serves gRPC, runs checkpoints,
+//! garbage collection and auto-recovery, and keeps its registration with
+//! metadata alive.
 
+use crate::autorecovery::AutoRecovery;
 use crate::config::BookieConfig;
 use crate::service::BookieGrpc;
 use crate::storage::gc::{GarbageCollector, SegmentFate};
@@ -139,6 +141,10 @@ impl Bookie {
             millis(config.gc_interval_ms),
             shutdown.clone(),
         ));
+        if config.auto_recovery {
+            let recovery = AutoRecovery::new(&config, client.clone(), cache.clone());
+            tasks.spawn(recovery.run(shutdown.clone()));
+        }
 
         let data_dir = config.data_dir.clone();
         let registration = RegisterBookieRequest {

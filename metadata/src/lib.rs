@@ -16,6 +16,7 @@ pub mod config;
 pub mod lease;
 pub mod node;
 pub mod raft;
+pub mod replication;
 pub mod server;
 pub mod service;
 pub mod state;

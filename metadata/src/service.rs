@@ -1,6 +1,7 @@
 //! The gRPC face of a metadata node: `MetadataService` and `AdminService`.
 
 use crate::node::{MetadataNode, NodeError, RaftStatus};
+use crate::replication::under_replicated;
 use crate::state::outcome;
 use futures::Stream;
 use std::pin::Pin;
@@ -326,6 +327,39 @@ impl MetadataService for MetadataGrpc {
         }))
     }
 
+    async fn replace_segment_replica(
+        &self,
+        request: Request<ReplaceSegmentReplicaRequest>,
+    ) -> Result<Response<ReplaceSegmentReplicaResponse>, Status> {
+        let reply = self
+            .propose(Op::ReplaceSegmentReplica(request.into_inner()))
+            .await?;
+        Ok(Response::new(ReplaceSegmentReplicaResponse {
+            outcome: Some(outcome(&reply).clone()),
+            segment: reply.segment,
+        }))
+    }
+
+    async fn list_under_replicated_segments(
+        &self,
+        request: Request<ListUnderReplicatedSegmentsRequest>,
+    ) -> Result<Response<ListUnderReplicatedSegmentsResponse>, Status> {
+        let ListUnderReplicatedSegmentsRequest { dead_for_ms, limit } = request.into_inner();
+        let now_ms = crate::now_ms();
+        let applied = self.node.read().await;
+        let state = &applied.state;
+        let mut segments = under_replicated(&state.segments, &state.bookies, now_ms, dead_for_ms);
+        let total = segments.len() as u64;
+        if limit > 0 {
+            segments.truncate(limit as usize);
+        }
+        Ok(Response::new(ListUnderReplicatedSegmentsResponse {
+            segments,
+            now_ms,
+            total,
+        }))
+    }
+
     async fn commit_offsets(
         &self,
         request: Request<CommitOffsetsRequest>,
@@ -468,8 +502,10 @@ impl AdminService for MetadataGrpc {
         _request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         let raft = self.node.status();
+        let now_ms = crate::now_ms();
         let applied = self.node.read().await;
         let state = &applied.state;
+        let under_replicated = under_replicated(&state.segments, &state.bookies, now_ms, 0);
         Ok(Response::new(ClusterStatusResponse {
             cluster_id: state.meta.cluster_id.clone(),
             raft_leader: raft.leader.unwrap_or(0),
@@ -480,8 +516,9 @@ impl AdminService for MetadataGrpc {
             bookies: state.bookies.values().cloned().collect(),
             topic_count: state.topics.len() as u32,
             partition_count: state.partitions.len() as u32,
-            now_ms: crate::now_ms(),
+            now_ms,
             responding_node: raft.node_id,
+            under_replicated_segments: u32::try_from(under_replicated.len()).unwrap_or(u32::MAX),
         }))
     }
 

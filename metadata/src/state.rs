@@ -7,9 +7,10 @@
 //! every handler checks all of its rules before it touches the state.
 //!
 //! Segment commands live in the `segments` module, ownership (the controller
-//! tick) in `ownership`.
+//! tick) in `ownership`, auto-recovery's replica swap in `replicas`.
 
 mod ownership;
+mod replicas;
 mod segments;
 
 pub use segments::SegmentTable;
@@ -194,6 +195,7 @@ impl ClusterState {
             Op::DeleteOffsets(req) => self.delete_offsets(req),
             Op::AdvanceLogStart(req) => self.advance_log_start(req),
             Op::DrainGateway(req) => self.drain_gateway(req.node_id, now_ms),
+            Op::ReplaceSegmentReplica(req) => self.replace_segment_replica(req, now_ms),
             Op::AllocateProducerIds(req) => self.allocate_producer_ids(req.count),
             Op::ControllerTick(_) => Ok((ok_reply(), self.controller_tick(rules, now_ms))),
         }

@@ -4,6 +4,7 @@
 pub mod gateways;
 pub mod groups;
 mod kafka_wire;
+pub mod segments;
 mod topics;
 
 use anyhow::{bail, Context};
@@ -35,7 +36,8 @@ pub struct AdminArgs {
 /// Admin operations.
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
-    /// Show the cluster: id, metadata members, raft leader and term, gateways, bookies.
+    /// Show the cluster: id, metadata members, raft leader and term, gateways,
+    /// bookies, and how many segments are under-replicated.
     Status,
     /// Manage topics.
     #[command(subcommand)]
@@ -48,6 +50,9 @@ pub enum AdminCommand {
     /// Gateways: list what each owns, drain one.
     #[command(subcommand)]
     Gateways(gateways::GatewaysCommand),
+    /// Segments: list those under-replicated (a replica lost with a dead bookie).
+    #[command(subcommand)]
+    Segments(segments::SegmentsCommand),
 }
 
 /// Membership changes of the metadata raft group.
@@ -112,6 +117,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     match args.command {
         AdminCommand::Groups(groups) => groups::run(groups, &client).await?,
         AdminCommand::Gateways(command) => gateways::run(command, &client).await?,
+        AdminCommand::Segments(command) => segments::run(command, &client).await?,
         AdminCommand::Status => {
             let status = client
                 .admin_call(|mut c| async move { c.cluster_status(ClusterStatusRequest {}).await })
@@ -147,6 +153,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             println!("topics         {}", status.topic_count);
             println!("partitions     {}", status.partition_count);
+            println!(
+                "under-replicated segments  {}",
+                status.under_replicated_segments
+            );
         }
         AdminCommand::Metadata(command) => {
             let members = match command {

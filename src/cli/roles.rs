@@ -177,6 +177,16 @@ pub struct BookieArgs {
     /// How often (ms) the data disk's free space is measured.
     #[arg(long, env = "STRATA_BOOKIE_DISK_CHECK_INTERVAL_MS")]
     pub disk_check_interval_ms: Option<u64>,
+    /// Whether this bookie re-replicates sealed segments that lost a replica
+    /// with a dead bookie.
+    #[arg(long, env = "STRATA_BOOKIE_AUTO_RECOVERY")]
+    pub auto_recovery: Option<bool>,
+    /// How long (ms) a bookie's lease must have lapsed before its segments are re-replicated.
+    #[arg(long, env = "STRATA_BOOKIE_AUTO_RECOVERY_DELAY_MS")]
+    pub auto_recovery_delay_ms: Option<u64>,
+    /// How often (ms) this bookie looks for under-replicated segments.
+    #[arg(long, env = "STRATA_BOOKIE_AUTO_RECOVERY_INTERVAL_MS")]
+    pub auto_recovery_interval_ms: Option<u64>,
 }
 
 impl BookieArgs {
@@ -220,6 +230,15 @@ impl BookieArgs {
         set(
             &mut config.disk_check_interval_ms,
             self.disk_check_interval_ms,
+        );
+        set(&mut config.auto_recovery, self.auto_recovery);
+        set(
+            &mut config.auto_recovery_delay_ms,
+            self.auto_recovery_delay_ms,
+        );
+        set(
+            &mut config.auto_recovery_interval_ms,
+            self.auto_recovery_interval_ms,
         );
         Ok(config)
     }

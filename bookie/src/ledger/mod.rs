@@ -22,7 +22,7 @@ pub mod spec;
 pub mod writer;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 

@@ -60,6 +60,16 @@ impl SegmentTable {
             .filter_map(|id| self.by_id.get(id))
     }
 
+    /// Every live (not deleted) segment of every partition, by topic,
+    /// partition and log order.
+    pub fn iter_live(&self) -> impl Iterator<Item = &SegmentInfo> {
+        self.live
+            .values()
+            .flat_map(|partitions| partitions.values())
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
+    }
+
     /// A partition's newest live segment, where its log ends.
     pub fn last_live(&self, topic: &str, partition: u32) -> Option<&SegmentInfo> {
         self.live_ids(topic, partition)
