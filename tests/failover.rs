@@ -419,16 +419,23 @@ fn a_paused_owner_is_fenced_and_nothing_it_sends_after_resuming_lands() {
     }
 }
 
-#[test]
-fn producing_goes_on_when_the_metadata_leader_dies() {
-    let dir = tempfile::tempdir().unwrap();
+/// A cluster with three metadata nodes and the topic, with a producer that
+/// has written to every partition.
+fn three_metadata_nodes_under_load(dir: &std::path::Path) -> (Cluster, LoadProducer) {
     let options = ClusterOptions {
         metadata_nodes: 3,
         ..ClusterOptions::default()
     };
-    let mut cluster = cluster_with_topic(dir.path(), options);
+    let cluster = cluster_with_topic(dir, options);
     let producer = LoadProducer::start(&cluster.bootstrap(), TOPIC, PARTITIONS, "p", PACE, &[]);
     warm_up(&producer);
+    (cluster, producer)
+}
+
+#[test]
+fn producing_goes_on_when_the_metadata_leader_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, producer) = three_metadata_nodes_under_load(dir.path());
     let owners_before = cluster.partitions(TOPIC);
 
     let leader = cluster.raft_leader(Duration::from_secs(30));
@@ -598,13 +605,7 @@ fn an_idempotent_producer_writes_each_record_once_through_bookie_restarts() {
 #[test]
 fn a_rolling_restart_of_every_process_under_load_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let options = ClusterOptions {
-        metadata_nodes: 3,
-        ..ClusterOptions::default()
-    };
-    let mut cluster = cluster_with_topic(dir.path(), options);
-    let producer = LoadProducer::start(&cluster.bootstrap(), TOPIC, PARTITIONS, "p", PACE, &[]);
-    warm_up(&producer);
+    let (mut cluster, producer) = three_metadata_nodes_under_load(dir.path());
 
     let order: Vec<(Role, u32)> = [(Role::Metadata, 3), (Role::Bookie, 3), (Role::Gateway, 2)]
         .into_iter()
