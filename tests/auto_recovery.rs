@@ -40,7 +40,10 @@ fn start_cluster(dir: &std::path::Path) -> Cluster {
     let bookie_config = dir.join("bookie.toml");
     std::fs::write(
         &bookie_config,
-        format!("auto_recovery_delay_ms = {RECOVERY_DELAY_MS}\nauto_recovery_interval_ms = 250\n"),
+        format!(
+            "auto_recovery_delay_ms = {RECOVERY_DELAY_MS}\nauto_recovery_interval_ms = 250\n\
+             gc_interval_ms = 200\ngc_offloaded_grace_ms = 0\n"
+        ),
     )
     .expect("bookie config written");
     let options = ClusterOptions {
@@ -372,6 +375,21 @@ fn sealed_segments_of_a_dead_bookie_are_re_replicated_to_a_live_one() {
             old.segment_id
         );
     }
+
+    // The dead bookie comes back: the copies it was replaced in are stale,
+    // and its garbage collection drops them (the copies written meanwhile,
+    // with GC as eager, were never taken for stale ones: checked above).
+    cluster.bookie(victim as u32).start();
+    wait_for(
+        "the returning bookie drops its stale copies",
+        Duration::from_secs(20),
+        || {
+            let held = bookie_segments(&cluster, victim);
+            lost.iter()
+                .all(|old| !held.contains_key(&old.segment_id))
+                .then_some(())
+        },
+    );
 
     // A second original bookie dies: the one most of those segments still
     // had besides their replacement.

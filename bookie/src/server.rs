@@ -137,7 +137,7 @@ impl Bookie {
         tasks.spawn(maintenance::run_gc(
             Arc::clone(&storage),
             GarbageCollector::new(&config),
-            move |segment_id| segment_fate(&gc_cache, segment_id),
+            move |segment_id| segment_fate(&gc_cache, node_id, segment_id),
             millis(config.gc_interval_ms),
             shutdown.clone(),
         ));
@@ -203,14 +203,24 @@ fn message_limit(bytes: u64) -> usize {
 
 /// What the metadata cache says of a segment: nothing is condemned before
 /// the cache holds a snapshot, nor when metadata does not know the segment.
-fn segment_fate(cache: &ClusterCache, segment_id: u64) -> SegmentFate {
+fn segment_fate(cache: &ClusterCache, node_id: i32, segment_id: u64) -> SegmentFate {
     cache.read(|state| {
         if state.cluster_id.is_empty() {
             return SegmentFate::Keep;
         }
-        match state.segment(segment_id).and_then(|s| s.state.as_ref()) {
+        let Some(segment) = state.segment(segment_id) else {
+            return SegmentFate::Keep;
+        };
+        match &segment.state {
             Some(State::Deleted(_)) => SegmentFate::Deleted,
             Some(State::Offloaded(_)) => SegmentFate::Offloaded,
+            // Only a bookie metadata recorded as replaced: a copy that
+            // auto-recovery is still writing is on a bookie that never was.
+            _ if segment.replaced_bookies.contains(&node_id)
+                && !segment.ensemble.contains(&node_id) =>
+            {
+                SegmentFate::Replaced
+            }
             _ => SegmentFate::Keep,
         }
     })

@@ -100,6 +100,7 @@ mod tests {
             ack_quorum: 2,
             base_offset: segment_id as i64 * 10,
             writer_epoch: 1,
+            replaced_bookies: Vec::new(),
             state: Some(state),
         }
     }

@@ -52,7 +52,7 @@ pub fn plan(
             continue;
         }
         let no_retry = failed.get(&segment.segment_id);
-        match choose_replacement(bookies, now_ms, &segment.ensemble, no_retry) {
+        match choose_replacement(bookies, now_ms, segment, no_retry) {
             Some(replacement) => plan.tasks.push(Task {
                 segment: segment.clone(),
                 lost,
@@ -84,16 +84,18 @@ pub fn handler(
         .min()
 }
 
-/// The bookie that takes a lost replica of a segment on `ensemble`: live, not
-/// in the ensemble, not in `avoid`; in the zone that holds the fewest of the
+/// The bookie that takes a lost replica of `segment`: live, not in its
+/// ensemble, never replaced out of it before (such a bookie deletes its stale
+/// copy, so it must not receive a new one), not in `avoid`; in the zone that holds the fewest of the
 /// ensemble's live bookies (so the copy keeps replicas spread over zones, as
 /// placement spread them), then with the most free space, then the lowest id.
 pub fn choose_replacement(
     bookies: &BTreeMap<i32, BookieInfo>,
     now_ms: u64,
-    ensemble: &[i32],
+    segment: &SegmentInfo,
     avoid: Option<&BTreeSet<i32>>,
 ) -> Option<BookieInfo> {
+    let ensemble = &segment.ensemble;
     let mut per_zone: BTreeMap<&str, usize> = BTreeMap::new();
     for member in ensemble.iter().filter_map(|id| bookies.get(id)) {
         if is_live(member, now_ms) {
@@ -104,6 +106,7 @@ pub fn choose_replacement(
         .values()
         .filter(|b| is_live(b, now_ms))
         .filter(|b| !ensemble.contains(&b.node_id))
+        .filter(|b| !segment.replaced_bookies.contains(&b.node_id))
         .filter(|b| avoid.is_none_or(|avoid| !avoid.contains(&b.node_id)))
         .min_by(|a, b| {
             let zone_load = |x: &BookieInfo| per_zone.get(x.zone.as_str()).copied().unwrap_or(0);
@@ -144,6 +147,7 @@ mod tests {
             ack_quorum: 2,
             base_offset: 0,
             writer_epoch: 1,
+            replaced_bookies: Vec::new(),
             state: Some(State::Sealed(SegmentSealed::default())),
         }
     }
@@ -198,17 +202,32 @@ mod tests {
             bookie(5, "a", 100, true),
             bookie(6, "a", 50, true),
         ]);
-        let chosen = choose_replacement(&bookies, NOW, &[1, 2, 3], None).unwrap();
+        let on_123 = segment(7, vec![1, 2, 3]);
+        let chosen = choose_replacement(&bookies, NOW, &on_123, None).unwrap();
         assert_eq!(chosen.node_id, 5, "zone a, most free space");
         let avoid: BTreeSet<i32> = [5].into_iter().collect();
-        let chosen = choose_replacement(&bookies, NOW, &[1, 2, 3], Some(&avoid)).unwrap();
+        let chosen = choose_replacement(&bookies, NOW, &on_123, Some(&avoid)).unwrap();
         assert_eq!(chosen.node_id, 6);
         let avoid: BTreeSet<i32> = [5, 6].into_iter().collect();
-        let chosen = choose_replacement(&bookies, NOW, &[1, 2, 3], Some(&avoid)).unwrap();
+        let chosen = choose_replacement(&bookies, NOW, &on_123, Some(&avoid)).unwrap();
         assert_eq!(
             chosen.node_id, 4,
             "another zone when the emptiest has no one left"
         );
+    }
+
+    #[test]
+    fn a_bookie_replaced_out_of_a_segment_never_takes_a_copy_of_it_again() {
+        let bookies = cluster(vec![
+            bookie(1, "", 10, true),
+            bookie(2, "", 10, false),
+            bookie(3, "", 10, true),
+            bookie(4, "", 10, true),
+        ]);
+        // Bookie 1 was replaced by 4 earlier, came back, and now 2 is dead.
+        let mut on_423 = segment(7, vec![4, 2, 3]);
+        on_423.replaced_bookies = vec![1];
+        assert_eq!(choose_replacement(&bookies, NOW, &on_423, None), None);
     }
 
     #[test]

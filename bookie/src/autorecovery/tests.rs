@@ -85,6 +85,7 @@ fn task(bookies: &BTreeMap<i32, BookieInfo>, write_quorum: u32, end_offset: i64)
             ack_quorum: 2,
             base_offset: 0,
             writer_epoch: 1,
+            replaced_bookies: Vec::new(),
             state: Some(State::Sealed(SegmentSealed {
                 end_offset,
                 bytes: 0,

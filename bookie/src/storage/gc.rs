@@ -30,6 +30,10 @@ pub enum SegmentFate {
     Deleted,
     /// It is in object storage; bookies drop it after the grace period.
     Offloaded,
+    /// Auto-recovery replaced this bookie in the segment's ensemble while it
+    /// was away: its copy is stale and is dropped after the same grace
+    /// period (readers with an older ensemble may still ask for it).
+    Replaced,
 }
 
 /// What one garbage-collection pass did.
@@ -46,12 +50,13 @@ pub struct GcReport {
 }
 
 /// Runs garbage-collection passes; remembers when segments were first seen
-/// offloaded.
+/// offloaded (or replaced).
 pub struct GarbageCollector {
     offloaded_grace: Duration,
     live_ratio: f64,
     /// Bytes of entries sent to the apply thread at once.
     relocate_chunk_bytes: u64,
+    /// When each segment was first seen offloaded or replaced.
     offloaded_since: HashMap<u64, Instant>,
 }
 
@@ -85,7 +90,7 @@ impl GarbageCollector {
                     false
                 }
                 SegmentFate::Deleted => true,
-                SegmentFate::Offloaded => {
+                SegmentFate::Offloaded | SegmentFate::Replaced => {
                     let since = *self.offloaded_since.entry(segment_id).or_insert(now);
                     now.saturating_duration_since(since) >= self.offloaded_grace
                 }

@@ -521,19 +521,20 @@ async fn checkpoints_trim_the_journal() {
 }
 
 #[tokio::test]
-async fn gc_deletes_what_metadata_deleted_and_drops_offloaded_after_grace() {
+async fn gc_deletes_what_metadata_deleted_and_drops_offloaded_and_replaced_after_grace() {
     let dir = tempfile::tempdir().unwrap();
     let config = BookieConfig {
         gc_offloaded_grace_ms: 60_000,
         ..config(dir.path())
     };
     let storage = Storage::open(&config).unwrap();
-    for segment_id in 1..=3 {
+    for segment_id in 1..=4 {
         add_all(&storage, segment_id, 0..3).await;
     }
     let fate = |segment_id| match segment_id {
         1 => SegmentFate::Deleted,
         2 => SegmentFate::Offloaded,
+        3 => SegmentFate::Replaced,
         _ => SegmentFate::Keep,
     };
     let mut gc = GarbageCollector::new(&config);
@@ -543,10 +544,10 @@ async fn gc_deletes_what_metadata_deleted_and_drops_offloaded_after_grace() {
     let report = gc
         .run_once(&storage, fate, start + std::time::Duration::from_secs(61))
         .unwrap();
-    assert_eq!(report.deleted_segments, vec![2]);
+    assert_eq!(report.deleted_segments, vec![2, 3]);
     let ids: Vec<u64> = storage.segments().iter().map(|s| s.segment_id).collect();
-    assert_eq!(ids, vec![3]);
-    assert_holds(&storage, 3, 2);
+    assert_eq!(ids, vec![4]);
+    assert_holds(&storage, 4, 2);
 }
 
 #[tokio::test]

@@ -69,6 +69,11 @@ impl ClusterState {
             }
             (Some(_), false) => {}
         }
+        if segment.replaced_bookies.contains(&new) {
+            return Err(invalid(format!(
+                "bookie {new} was replaced out of segment {id} before; its copy is stale"
+            )));
+        }
         let live = self
             .bookies
             .get(&new)
@@ -82,6 +87,7 @@ impl ClusterState {
         if let Some(at) = old_at {
             replaced.ensemble[at] = new;
         }
+        replaced.replaced_bookies.push(old);
         self.segments.upsert(replaced.clone());
         Ok((reply(replaced.clone()), vec![Change::Segment(replaced)]))
     }
@@ -160,6 +166,7 @@ mod tests {
         assert!(outcome(&reply).is_ok(), "{reply:?}");
         assert_eq!(ensemble(&state, id), vec![1, 4, 3], "position kept");
         let segment = state.segments.get(id).unwrap().clone();
+        assert_eq!(segment.replaced_bookies, vec![2], "the old copy is stale");
         assert_eq!(reply.segment.as_ref(), Some(&segment));
         assert_eq!(changes, vec![Change::Segment(segment.clone())]);
         assert!(matches!(
@@ -197,6 +204,21 @@ mod tests {
         register_bookie(&mut state, 5, NOW);
         refused(&mut state, NOW, replace(id, 1, 5), invalid);
         assert_eq!(ensemble(&state, id), vec![4, 2, 3]);
+    }
+
+    #[test]
+    fn a_bookie_replaced_out_of_a_segment_cannot_come_back_into_it() {
+        let (mut state, id) = sealed_segment();
+        assert_eq!(code(&mut state, NOW, replace(id, 1, 4)), 0);
+        // Bookie 1 returns (it still holds its stale copy) and bookie 2 dies.
+        refused(
+            &mut state,
+            NOW,
+            replace(id, 2, 1),
+            error_code::INVALID_REQUEST,
+        );
+        assert_eq!(ensemble(&state, id), vec![4, 2, 3]);
+        assert_eq!(state.segments.get(id).unwrap().replaced_bookies, vec![1]);
     }
 
     #[test]

@@ -274,6 +274,7 @@ impl ClusterState {
             ack_quorum: req.ack_quorum,
             base_offset: req.base_offset,
             writer_epoch,
+            replaced_bookies: Vec::new(),
             state: Some(State::Open(SegmentOpen {})),
         };
         self.segments.upsert(segment.clone());

@@ -158,6 +158,7 @@ mod tests {
                 ack_quorum: 2,
                 base_offset: 100,
                 writer_epoch: 1,
+                replaced_bookies: Vec::new(),
                 state: Some(State::Sealed(SegmentSealed {
                     end_offset: 250,
                     bytes: 4096,

@@ -406,6 +406,7 @@ mod tests {
             ack_quorum: 2,
             base_offset,
             writer_epoch: 1,
+            replaced_bookies: Vec::new(),
             state: Some(state),
         }
     }
