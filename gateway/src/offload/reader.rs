@@ -8,10 +8,20 @@
 //! background, so that a consumer reading on sequentially rarely waits on
 //! the store. Objects are immutable once written (a re-upload writes the same
 //! bytes), so cached footers and blocks never go stale.
+//!
+//! Each footer and block is fetched once however many reads want it at the
+//! same time: a read that needs a block whose read-ahead (or another read's
+//! fetch) is in flight waits for that fetch rather than issuing its own GET.
+//! Failed fetches are not cached; the next read tries again. Blocks are
+//! evicted least recently used first: readers go through an object in order,
+//! so the block just fetched (or read ahead) is the one about to be used,
+//! whereas a frequency-based admission policy would turn it away in favour of
+//! blocks read many times but already behind every reader.
 
 use super::object::{check_batch_crc, BatchHeader, Footer, ObjectError, BATCH_PREFIX_BYTES};
 use bytes::{Bytes, BytesMut};
-use moka::sync::Cache;
+use moka::future::Cache;
+use moka::policy::EvictionPolicy;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
@@ -82,6 +92,10 @@ pub enum ReadError {
         /// The size the caller gave.
         actual: u64,
     },
+    /// Fetching a footer or block failed. Every read that waited on that
+    /// fetch gets the same error, hence the `Arc`.
+    #[error(transparent)]
+    Shared(Arc<ReadError>),
     /// A ranged GET returned fewer or more bytes than asked for.
     #[error("segment object {key}: GET of bytes {start}..{end} returned {returned} bytes")]
     ShortRead {
@@ -100,7 +114,11 @@ impl ReadError {
     /// Whether the object does not exist (deleted by retention, or never
     /// uploaded).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::Store(object_store::Error::NotFound { .. }))
+        match self {
+            Self::Store(object_store::Error::NotFound { .. }) => true,
+            Self::Shared(error) => error.is_not_found(),
+            _ => false,
+        }
     }
 }
 
@@ -157,6 +175,9 @@ impl TieredReader {
         let blocks = Cache::builder()
             .max_capacity(config.block_cache_bytes)
             .weigher(|(key, _): &(Arc<str>, u64), block: &Bytes| weight(key.len() + block.len()))
+            // See the module doc: recency, not frequency, predicts the next
+            // block a sequential reader needs.
+            .eviction_policy(EvictionPolicy::lru())
             .build();
         Self {
             inner: Arc::new(Inner {
@@ -227,14 +248,16 @@ impl TieredReader {
             source,
         })?;
         let key: Arc<str> = Arc::from(key);
-        let footer = match self.inner.footers.get(&key) {
-            Some(footer) => footer,
-            None => {
-                let footer = Arc::new(self.fetch_footer(&key, &path, object_size).await?);
-                self.inner.footers.insert(key.clone(), footer.clone());
-                footer
-            }
+        let fetch = async {
+            let footer = self.fetch_footer(&key, &path, object_size).await?;
+            Ok(Arc::new(footer))
         };
+        let footer = self
+            .inner
+            .footers
+            .try_get_with(key.clone(), fetch)
+            .await
+            .map_err(ReadError::Shared)?;
         if footer.object_size() != object_size {
             return Err(ReadError::SizeMismatch {
                 key: key.to_string(),
@@ -405,20 +428,24 @@ impl TieredReader {
 
 impl Inner {
     /// Block `index` of the object's batch region (the last one may be
-    /// shorter), from the cache or from the store.
+    /// shorter), from the cache, from a fetch of it already in flight (a
+    /// read-ahead's or another read's), or from the store.
     async fn block(&self, object: &Object, index: u64) -> Result<Bytes, ReadError> {
-        let cache_key = (object.key.clone(), index);
-        if let Some(block) = self.blocks.get(&cache_key) {
-            return Ok(block);
-        }
         let start = index * self.config.block_bytes;
         let end = object
             .footer
             .batch_bytes
             .min(start + self.config.block_bytes);
-        let block = self.get(&object.key, &object.path, start..end).await?;
-        self.blocks.insert(cache_key, block.clone());
-        Ok(block)
+        // Only the first caller's fetch runs; callers that come while it is
+        // in flight wait for its result. Should that caller be dropped
+        // (a cancelled read-ahead), one of them fetches instead.
+        self.blocks
+            .try_get_with(
+                (object.key.clone(), index),
+                self.get(&object.key, &object.path, start..end),
+            )
+            .await
+            .map_err(ReadError::Shared)
     }
 
     /// One ranged GET, checked to return exactly the bytes asked for.
@@ -456,7 +483,16 @@ mod tests {
     use crate::offload::store::{build, segment_object_key, ObjectStoreConfig};
     use crate::offload::test_support::{batch, build_object, CountingStore};
     use crate::offload::upload::{UploadOptions, Uploader};
+    use futures::future::BoxFuture;
+    use futures::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, GetOptions, GetRange, GetResult, ListResult, MultipartUpload, ObjectMeta,
+        PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    };
+    use std::collections::HashMap;
     use std::time::Duration;
+    use tokio::sync::watch;
 
     const KEY: &str = "topics/t/0/00000000000000000100-1.seg";
 
@@ -587,6 +623,278 @@ mod tests {
         assert!(reader.inner.reading_ahead.lock().unwrap().is_empty());
     }
 
+    /// An in-memory store that counts GETs by the first byte they ask for
+    /// and, while held, keeps them waiting until released (to make reads
+    /// race each other without timing).
+    #[derive(Debug)]
+    struct HeldStore {
+        inner: InMemory,
+        /// First byte asked for → GETs of it issued (held ones included).
+        gets: Mutex<HashMap<u64, usize>>,
+        /// Whether GETs may go on; while `false`, issued ones wait.
+        open: watch::Sender<bool>,
+    }
+
+    impl HeldStore {
+        fn new() -> Self {
+            Self {
+                inner: InMemory::new(),
+                gets: Mutex::new(HashMap::new()),
+                open: watch::channel(true).0,
+            }
+        }
+
+        /// GETs issued so far from byte `start`.
+        fn gets_from(&self, start: u64) -> usize {
+            self.gets.lock().unwrap().get(&start).copied().unwrap_or(0)
+        }
+
+        /// (first byte, GETs issued from it) of the GETs from before byte
+        /// `end` (those of blocks, not of the footer), by first byte.
+        fn gets_before(&self, end: u64) -> Vec<(u64, usize)> {
+            let gets = self.gets.lock().unwrap();
+            let mut before: Vec<_> = gets.iter().filter(|(&start, _)| start < end).collect();
+            before.sort();
+            before.into_iter().map(|(&start, &n)| (start, n)).collect()
+        }
+
+        fn hold(&self) {
+            self.open.send_replace(false);
+        }
+
+        fn release(&self) {
+            self.open.send_replace(true);
+        }
+    }
+
+    impl std::fmt::Display for HeldStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "HeldStore({})", self.inner)
+        }
+    }
+
+    // Only GETs are counted and held; the rest goes straight to the inner
+    // store. The async methods are written out as the boxed futures
+    // `#[async_trait]` would make.
+    impl ObjectStore for HeldStore {
+        fn put_opts<'a, 'b, 'f>(
+            &'a self,
+            location: &'b Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> BoxFuture<'f, object_store::Result<PutResult>>
+        where
+            'a: 'f,
+            'b: 'f,
+            Self: 'f,
+        {
+            self.inner.put_opts(location, payload, opts)
+        }
+
+        fn put_multipart_opts<'a, 'b, 'f>(
+            &'a self,
+            location: &'b Path,
+            opts: PutMultipartOptions,
+        ) -> BoxFuture<'f, object_store::Result<Box<dyn MultipartUpload>>>
+        where
+            'a: 'f,
+            'b: 'f,
+            Self: 'f,
+        {
+            self.inner.put_multipart_opts(location, opts)
+        }
+
+        fn get_opts<'a, 'b, 'f>(
+            &'a self,
+            location: &'b Path,
+            options: GetOptions,
+        ) -> BoxFuture<'f, object_store::Result<GetResult>>
+        where
+            'a: 'f,
+            'b: 'f,
+            Self: 'f,
+        {
+            let start = match &options.range {
+                Some(GetRange::Bounded(range)) => range.start,
+                Some(GetRange::Offset(start)) => *start,
+                Some(GetRange::Suffix(_)) | None => u64::MAX,
+            };
+            *self.gets.lock().unwrap().entry(start).or_default() += 1;
+            let mut open = self.open.subscribe();
+            Box::pin(async move {
+                // The sender lives as long as `self`, so this cannot fail.
+                let _ = open.wait_for(|open| *open).await;
+                self.inner.get_opts(location, options).await
+            })
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        fn list_with_delimiter<'a, 'b, 'f>(
+            &'a self,
+            prefix: Option<&'b Path>,
+        ) -> BoxFuture<'f, object_store::Result<ListResult>>
+        where
+            'a: 'f,
+            'b: 'f,
+            Self: 'f,
+        {
+            self.inner.list_with_delimiter(prefix)
+        }
+
+        fn copy_opts<'a, 'b, 'c, 'f>(
+            &'a self,
+            from: &'b Path,
+            to: &'c Path,
+            options: CopyOptions,
+        ) -> BoxFuture<'f, object_store::Result<()>>
+        where
+            'a: 'f,
+            'b: 'f,
+            'c: 'f,
+            Self: 'f,
+        {
+            self.inner.copy_opts(from, to, options)
+        }
+    }
+
+    /// `count` batches stored as one object in a [`HeldStore`]; also the
+    /// object's size and each batch's position in it.
+    async fn held(count: usize) -> (Arc<HeldStore>, u64, Vec<Bytes>, Vec<u64>) {
+        let (meta, batches) = segment(count);
+        // An index entry about every 1 KiB block, so that a read scans from
+        // at most a block before the offset it wants.
+        let (object, _) = build_object(meta, &batches, 1024);
+        let store = Arc::new(HeldStore::new());
+        store
+            .put(&Path::from(KEY), object.clone().into())
+            .await
+            .unwrap();
+        let positions = batches
+            .iter()
+            .scan(0u64, |at, batch| {
+                let position = *at;
+                *at += batch.len() as u64;
+                Some(position)
+            })
+            .collect();
+        (store, object.len() as u64, batches, positions)
+    }
+
+    /// Yields to the other tasks until `done` holds; panics after `rounds`.
+    async fn yield_until(rounds: usize, mut done: impl FnMut() -> bool) {
+        for _ in 0..rounds {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(done(), "not done after {rounds} rounds");
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_the_read_ahead_of_its_block_instead_of_fetching_it_again() {
+        const BLOCK: u64 = 1024;
+        let (store, size, batches, positions) = held(40).await;
+        let reader = TieredReader::new(store.clone(), config(BLOCK));
+        // Block 0; the read-ahead of block 1 is spawned but (on this
+        // single-threaded runtime) not started before the store is held.
+        let first = reader.read(KEY, size, 100, 0).await.unwrap();
+        assert_eq!(first, vec![batches[0].clone()]);
+        store.hold();
+        yield_until(100, || store.gets_from(BLOCK) == 1).await;
+
+        // A read of the first batch starting in block 1 races the read-ahead.
+        let i = positions.iter().position(|&p| p >= BLOCK).unwrap();
+        let offset = BatchHeader::parse(&batches[i]).unwrap().base_offset;
+        let mut racing = std::pin::pin!(reader.read(KEY, size, offset, 0));
+        for _ in 0..100 {
+            assert!(futures::poll!(racing.as_mut()).is_pending());
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.gets_from(BLOCK), 1, "block 1 fetched again");
+        store.release();
+        assert_eq!(racing.await.unwrap(), vec![batches[i].clone()]);
+        assert_eq!(store.gets_from(BLOCK), 1);
+        reader.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_read_waiting_on_a_read_ahead_cut_short_by_shutdown_fetches_the_block_itself() {
+        const BLOCK: u64 = 1024;
+        let (store, size, batches, positions) = held(40).await;
+        let reader = TieredReader::new(store.clone(), config(BLOCK));
+        reader.read(KEY, size, 100, 0).await.unwrap();
+        store.hold();
+        yield_until(100, || store.gets_from(BLOCK) == 1).await;
+        let i = positions.iter().position(|&p| p >= BLOCK).unwrap();
+        let offset = BatchHeader::parse(&batches[i]).unwrap().base_offset;
+        let mut waiting = std::pin::pin!(reader.read(KEY, size, offset, 0));
+        for _ in 0..100 {
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.gets_from(BLOCK), 1);
+
+        // Shutdown drops the read-ahead with its GET still held; the waiting
+        // read then fetches the block itself.
+        reader.shutdown().await;
+        for _ in 0..100 {
+            if store.gets_from(BLOCK) == 2 {
+                break;
+            }
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.gets_from(BLOCK), 2);
+        store.release();
+        assert_eq!(waiting.await.unwrap(), vec![batches[i].clone()]);
+    }
+
+    #[tokio::test]
+    async fn a_sequential_read_through_a_small_cache_gets_each_block_once() {
+        const BLOCK: u64 = 1024;
+        let (store, size, batches, _) = held(400).await;
+        let batch_bytes: u64 = batches.iter().map(|b| b.len() as u64).sum();
+        let blocks = batch_bytes.div_ceil(BLOCK);
+        assert!(blocks > 50, "{blocks} blocks");
+        // Room for eight blocks (with their keys and overhead): the read
+        // fills the cache ten times over, with blocks behind the reader that
+        // were each read many times.
+        let reader = TieredReader::new(
+            store.clone(),
+            ReaderConfig {
+                block_cache_bytes: 8 * (BLOCK + 128),
+                ..config(BLOCK)
+            },
+        );
+        let footer = reader.footer(KEY, size).await.unwrap();
+        let mut offset = 100;
+        for expected in &batches {
+            let read = reader.read(KEY, size, offset, 0).await.unwrap();
+            assert_eq!(read, vec![expected.clone()]);
+            offset = last_offset(expected) + 1;
+            // Lets the read-ahead this read started run before the next read.
+            tokio::task::yield_now().await;
+        }
+        let block_gets = store.gets_before(footer.batch_bytes);
+        let once: Vec<_> = (0..blocks).map(|i| (i * BLOCK, 1)).collect();
+        assert_eq!(block_gets, once, "(first byte, GETs) of each block");
+        reader.shutdown().await;
+    }
+
     #[tokio::test]
     async fn timestamp_reads_start_at_or_before_the_first_batch_reaching_it() {
         let (store, size, batches) = stored(60, 300).await;
@@ -626,6 +934,7 @@ mod tests {
             .await
             .unwrap();
         let size = object.len() as u64;
+        // The failed fetch was not cached: this one finds the object.
         let crc = reader.read(KEY, size, 100, 1).await.unwrap_err();
         assert!(
             matches!(
@@ -649,13 +958,17 @@ mod tests {
             .await
             .unwrap();
         let not_segment = reader.read(other, 100, 0, 1).await.unwrap_err();
+        // The footer's fetch failed: shared with any read that waited on it.
         assert!(
             matches!(
-                not_segment,
-                ReadError::Object {
-                    source: ObjectError::BadMagic { .. },
-                    ..
-                }
+                &not_segment,
+                ReadError::Shared(fetch) if matches!(
+                    **fetch,
+                    ReadError::Object {
+                        source: ObjectError::BadMagic { .. },
+                        ..
+                    }
+                )
             ),
             "{not_segment}"
         );
