@@ -130,20 +130,23 @@ fn run_blocking(args: E2eBenchArgs) -> anyhow::Result<BenchReport> {
             bail!("the consumer thread panicked");
         };
         let mut produce = ProduceSummary::from_meter(&produced, ack_window(&produced, &clock));
-        produce.server_cpu_seconds_per_gb =
-            cpu_seconds_per_gb(server_cpu.as_ref(), cpu_before, produce.bytes)?;
+        produce.throughput.server_cpu_seconds_per_gb =
+            cpu_seconds_per_gb(server_cpu.as_ref(), cpu_before, produce.throughput.bytes)?;
         let consume = ConsumeSummary::from_meter(&consumed, consumed.last_record_at(), stopped_by);
-        let records_missing = produce.records.saturating_sub(consume.records);
+        let records_missing = produce
+            .throughput
+            .records
+            .saturating_sub(consume.throughput.records);
         if records_missing > 0 {
             report_unread_tails(&consumer, &args.kafka.topic, partitions);
         }
         eprintln!(
             "run {run}/{}: produced {} records ({:.0} rec/s, p99 {} ms), consumed {} (e2e p99 {} ms), {} missing",
             args.run.runs,
-            produce.records,
-            produce.records_per_sec,
+            produce.throughput.records,
+            produce.throughput.records_per_sec,
             format_ms(produce.latency_ms.p99),
-            consume.records,
+            consume.throughput.records,
             consume.e2e_latency_ms.map_or("-".to_owned(), |l| format_ms(l.p99)),
             records_missing
         );
@@ -170,10 +173,10 @@ fn run_blocking(args: E2eBenchArgs) -> anyhow::Result<BenchReport> {
     rows.push((
         "records consumed per run".to_owned(),
         with_runs(
-            median.consume.records.to_string(),
+            median.consume.throughput.records.to_string(),
             &runs
                 .iter()
-                .map(|r| r.consume.records.to_string())
+                .map(|r| r.consume.throughput.records.to_string())
                 .collect::<Vec<_>>(),
         ),
     ));

@@ -9,8 +9,7 @@ use super::kafka_client::{
 };
 use super::report::Section;
 use super::summary::{
-    format_ms, mb_per_second, median, median_count, per_second, print_progress, with_runs, Meter,
-    Percentiles,
+    format_ms, median_count, print_progress, with_runs, Meter, Percentiles, Throughput,
 };
 use super::{BenchReport, JsonReport};
 use anyhow::{bail, Context};
@@ -112,18 +111,9 @@ pub struct ConsumeLimits<'a> {
 /// What one consumer run achieved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConsumeSummary {
-    /// Records consumed.
-    pub records: u64,
-    /// Value bytes of those records.
-    pub bytes: u64,
-    /// From assigning the partitions to the last record.
-    pub seconds: f64,
-    /// Records per second.
-    pub records_per_sec: f64,
-    /// Value megabytes (10^6 bytes) per second.
-    pub mb_per_sec: f64,
-    /// Errors the consumer reported (in a summary of several runs: over all of them).
-    pub errors: u64,
+    /// Records consumed, their rate, and the errors the consumer reported.
+    #[serde(flatten)]
+    pub throughput: Throughput,
     /// Records whose value starts with a send time.
     pub records_with_send_time: u64,
     /// From the send time in the value to consumption, over records that
@@ -131,77 +121,43 @@ pub struct ConsumeSummary {
     pub e2e_latency_ms: Option<Percentiles>,
     /// Why the run stopped.
     pub stopped_by: StopReason,
-    /// CPU seconds the broker process used per GB consumed (with --server-pid).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_cpu_seconds_per_gb: Option<f64>,
-    /// Text of the first error.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_error: Option<String>,
 }
 
 impl ConsumeSummary {
     /// What `meter` counted; the run lasted `elapsed` and stopped for `stopped_by`.
     pub fn from_meter(meter: &Meter, elapsed: Duration, stopped_by: StopReason) -> Self {
-        let counts = meter.counts();
         let latencies = meter.total_latencies();
         Self {
-            records: counts.records,
-            bytes: counts.bytes,
-            seconds: elapsed.as_secs_f64(),
-            records_per_sec: per_second(counts.records, elapsed),
-            mb_per_sec: mb_per_second(counts.bytes, elapsed),
-            errors: counts.errors,
+            throughput: Throughput::from_meter(meter, elapsed),
             records_with_send_time: latencies.count(),
             e2e_latency_ms: (latencies.count() > 0).then(|| latencies.percentiles()),
             stopped_by,
-            server_cpu_seconds_per_gb: None,
-            first_error: meter.first_error(),
         }
     }
 
     /// Each measure's median over `runs` (errors: their sum; stop reason: the first run's).
     pub fn median_of(runs: &[ConsumeSummary]) -> Self {
         let latencies: Vec<Percentiles> = runs.iter().filter_map(|r| r.e2e_latency_ms).collect();
-        let cpu: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r.server_cpu_seconds_per_gb)
-            .collect();
         Self {
-            records: median_count(runs.iter().map(|r| r.records)),
-            bytes: median_count(runs.iter().map(|r| r.bytes)),
-            seconds: median(runs.iter().map(|r| r.seconds)),
-            records_per_sec: median(runs.iter().map(|r| r.records_per_sec)),
-            mb_per_sec: median(runs.iter().map(|r| r.mb_per_sec)),
-            errors: runs.iter().map(|r| r.errors).sum(),
+            throughput: Throughput::median_of(runs.iter().map(|r| &r.throughput)),
             records_with_send_time: median_count(runs.iter().map(|r| r.records_with_send_time)),
             e2e_latency_ms: (!latencies.is_empty()).then(|| Percentiles::median_of(&latencies)),
             stopped_by: runs.first().map_or(StopReason::Idle, |r| r.stopped_by),
-            server_cpu_seconds_per_gb: (!cpu.is_empty()).then(|| median(cpu)),
-            first_error: runs.iter().find_map(|r| r.first_error.clone()),
         }
     }
 
     /// The report rows of the median `self` of `runs`.
     pub fn rows(&self, runs: &[ConsumeSummary], prefix: &str) -> Vec<(String, String)> {
         let each = |f: &dyn Fn(&ConsumeSummary) -> String| runs.iter().map(f).collect::<Vec<_>>();
-        let mut rows = vec![
-            (
-                format!("{prefix}records/s"),
-                with_runs(
-                    format!("{:.0}", self.records_per_sec),
-                    &each(&|r| format!("{:.0}", r.records_per_sec)),
-                ),
-            ),
-            (
-                format!("{prefix}MB/s"),
-                with_runs(
-                    format!("{:.1}", self.mb_per_sec),
-                    &each(&|r| format!("{:.1}", r.mb_per_sec)),
-                ),
-            ),
+        let throughput = &self.throughput;
+        let mut rows = Vec::from(throughput.rate_rows(runs.iter().map(|r| &r.throughput), prefix));
+        rows.extend([
             (
                 format!("{prefix}records per run"),
-                with_runs(self.records.to_string(), &each(&|r| r.records.to_string())),
+                with_runs(
+                    throughput.records.to_string(),
+                    &each(&|r| r.throughput.records.to_string()),
+                ),
             ),
             (
                 format!("{prefix}stopped by"),
@@ -209,9 +165,9 @@ impl ConsumeSummary {
             ),
             (
                 format!("{prefix}errors (all runs)"),
-                self.errors.to_string(),
+                throughput.errors.to_string(),
             ),
-        ];
+        ]);
         if let Some(latency) = &self.e2e_latency_ms {
             rows.push((
                 format!("{prefix}send → consume"),
@@ -224,15 +180,13 @@ impl ConsumeSummary {
                 ),
             ));
         }
-        if let Some(cpu) = self.server_cpu_seconds_per_gb {
+        if let Some(cpu) = throughput.server_cpu_seconds_per_gb {
             rows.push((
                 "broker CPU-seconds per GB consumed".to_owned(),
                 format!("{cpu:.1}"),
             ));
         }
-        if let Some(error) = &self.first_error {
-            rows.push((format!("{prefix}first error"), error.replace('|', "/")));
-        }
+        rows.extend(throughput.first_error_row(prefix));
         rows
     }
 }
@@ -303,16 +257,16 @@ fn run_blocking(args: ConsumeBenchArgs) -> anyhow::Result<BenchReport> {
             clock.elapsed()
         };
         let mut summary = ConsumeSummary::from_meter(&meter, elapsed, stopped_by);
-        summary.server_cpu_seconds_per_gb =
-            cpu_seconds_per_gb(server_cpu.as_ref(), cpu_before, summary.bytes)?;
+        summary.throughput.server_cpu_seconds_per_gb =
+            cpu_seconds_per_gb(server_cpu.as_ref(), cpu_before, summary.throughput.bytes)?;
         eprintln!(
             "run {run}/{}: {} records, {:.0} rec/s, {:.1} MB/s, stopped by {}, {} errors",
             args.run.runs,
-            summary.records,
-            summary.records_per_sec,
-            summary.mb_per_sec,
+            summary.throughput.records,
+            summary.throughput.records_per_sec,
+            summary.throughput.mb_per_sec,
             summary.stopped_by,
-            summary.errors
+            summary.throughput.errors
         );
         runs.push(summary);
     }

@@ -7,10 +7,7 @@ use super::kafka_client::{
     TopicArgs, SEND_TIME_BYTES,
 };
 use super::report::Section;
-use super::summary::{
-    format_ms, mb_per_second, median, median_count, per_second, print_progress, with_runs, Meter,
-    Percentiles,
-};
+use super::summary::{format_ms, print_progress, with_runs, Meter, Percentiles, Throughput};
 use super::{BenchReport, JsonReport};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -202,84 +199,38 @@ pub enum SendLimit {
 /// What one run of producers achieved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProduceSummary {
-    /// Records the brokers acknowledged.
-    pub records: u64,
-    /// Value bytes of those records.
-    pub bytes: u64,
-    /// From the first send to the last acknowledgement.
-    pub seconds: f64,
-    /// Acknowledged records per second.
-    pub records_per_sec: f64,
-    /// Acknowledged value megabytes (10^6 bytes) per second.
-    pub mb_per_sec: f64,
-    /// Records that failed (in a summary of several runs: over all of them).
-    pub errors: u64,
+    /// Records acknowledged, their rate, and the records that failed.
+    #[serde(flatten)]
+    pub throughput: Throughput,
     /// From send (at a target rate: from when the record was due) to acknowledgement.
     pub latency_ms: Percentiles,
-    /// CPU seconds the broker process used per GB acknowledged (with --server-pid).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_cpu_seconds_per_gb: Option<f64>,
-    /// Text of the first failure.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_error: Option<String>,
 }
 
 impl ProduceSummary {
     /// What `meter` counted, the run having lasted `elapsed`.
     pub fn from_meter(meter: &Meter, elapsed: Duration) -> Self {
-        let counts = meter.counts();
         Self {
-            records: counts.records,
-            bytes: counts.bytes,
-            seconds: elapsed.as_secs_f64(),
-            records_per_sec: per_second(counts.records, elapsed),
-            mb_per_sec: mb_per_second(counts.bytes, elapsed),
-            errors: counts.errors,
+            throughput: Throughput::from_meter(meter, elapsed),
             latency_ms: meter.total_latencies().percentiles(),
-            server_cpu_seconds_per_gb: None,
-            first_error: meter.first_error(),
         }
     }
 
     /// Each measure's median over `runs` (errors: their sum).
     pub fn median_of(runs: &[ProduceSummary]) -> Self {
-        let cpu: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r.server_cpu_seconds_per_gb)
-            .collect();
         Self {
-            records: median_count(runs.iter().map(|r| r.records)),
-            bytes: median_count(runs.iter().map(|r| r.bytes)),
-            seconds: median(runs.iter().map(|r| r.seconds)),
-            records_per_sec: median(runs.iter().map(|r| r.records_per_sec)),
-            mb_per_sec: median(runs.iter().map(|r| r.mb_per_sec)),
-            errors: runs.iter().map(|r| r.errors).sum(),
+            throughput: Throughput::median_of(runs.iter().map(|r| &r.throughput)),
             latency_ms: Percentiles::median_of(
                 &runs.iter().map(|r| r.latency_ms).collect::<Vec<_>>(),
             ),
-            server_cpu_seconds_per_gb: (!cpu.is_empty()).then(|| median(cpu)),
-            first_error: runs.iter().find_map(|r| r.first_error.clone()),
         }
     }
 
     /// The report rows of the median `self` of `runs`.
     pub fn rows(&self, runs: &[ProduceSummary], prefix: &str) -> Vec<(String, String)> {
         let each = |f: &dyn Fn(&ProduceSummary) -> String| runs.iter().map(f).collect::<Vec<_>>();
-        let mut rows = vec![
-            (
-                format!("{prefix}records/s"),
-                with_runs(
-                    format!("{:.0}", self.records_per_sec),
-                    &each(&|r| format!("{:.0}", r.records_per_sec)),
-                ),
-            ),
-            (
-                format!("{prefix}MB/s"),
-                with_runs(
-                    format!("{:.1}", self.mb_per_sec),
-                    &each(&|r| format!("{:.1}", r.mb_per_sec)),
-                ),
-            ),
+        let throughput = &self.throughput;
+        let mut rows = Vec::from(throughput.rate_rows(runs.iter().map(|r| &r.throughput), prefix));
+        rows.extend([
             (
                 format!("{prefix}latency, send → ack"),
                 with_runs(
@@ -289,28 +240,30 @@ impl ProduceSummary {
             ),
             (
                 format!("{prefix}records acknowledged per run"),
-                with_runs(self.records.to_string(), &each(&|r| r.records.to_string())),
+                with_runs(
+                    throughput.records.to_string(),
+                    &each(&|r| r.throughput.records.to_string()),
+                ),
             ),
             (
                 format!("{prefix}errors (all runs)"),
-                self.errors.to_string(),
+                throughput.errors.to_string(),
             ),
-        ];
-        if let Some(cpu) = self.server_cpu_seconds_per_gb {
+        ]);
+        if let Some(cpu) = throughput.server_cpu_seconds_per_gb {
             rows.push((
                 "broker CPU-seconds per GB acknowledged".to_owned(),
                 with_runs(
                     format!("{cpu:.1}"),
                     &each(&|r| {
-                        r.server_cpu_seconds_per_gb
+                        r.throughput
+                            .server_cpu_seconds_per_gb
                             .map_or("-".to_owned(), |c| format!("{c:.1}"))
                     }),
                 ),
             ));
         }
-        if let Some(error) = &self.first_error {
-            rows.push((format!("{prefix}first error"), error.replace('|', "/")));
-        }
+        rows.extend(throughput.first_error_row(prefix));
         rows
     }
 }
@@ -355,18 +308,18 @@ fn run_blocking(args: ProduceBenchArgs) -> anyhow::Result<BenchReport> {
         });
         sent?;
         let mut summary = ProduceSummary::from_meter(&meter, ack_window(&meter, &clock));
-        summary.server_cpu_seconds_per_gb =
-            cpu_seconds_per_gb(server_cpu.as_ref(), cpu_before, summary.bytes)?;
+        summary.throughput.server_cpu_seconds_per_gb =
+            cpu_seconds_per_gb(server_cpu.as_ref(), cpu_before, summary.throughput.bytes)?;
         eprintln!(
             "run {run}/{}: {} records, {}, {} errors",
             args.run.runs,
-            summary.records,
+            summary.throughput.records,
             run_line(
-                summary.records_per_sec,
-                summary.mb_per_sec,
+                summary.throughput.records_per_sec,
+                summary.throughput.mb_per_sec,
                 &summary.latency_ms
             ),
-            summary.errors
+            summary.throughput.errors
         );
         runs.push(summary);
     }

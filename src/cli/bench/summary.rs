@@ -324,6 +324,104 @@ pub fn with_runs(median: String, runs: &[String]) -> String {
     }
 }
 
+/// What every Kafka benchmark run counts, producing or consuming: the
+/// records (acknowledged, or consumed), their value bytes, how long the run
+/// took, the rates, and the errors. Flattened into each summary's JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Throughput {
+    /// Records acknowledged (producers) or consumed (consumers).
+    pub records: u64,
+    /// Value bytes of those records.
+    pub bytes: u64,
+    /// From the first send to the last acknowledgement, or from assigning
+    /// the partitions to the last record.
+    pub seconds: f64,
+    /// Records per second.
+    pub records_per_sec: f64,
+    /// Value megabytes (10^6 bytes) per second.
+    pub mb_per_sec: f64,
+    /// Records that failed, or errors the consumer reported (in a summary of
+    /// several runs: over all of them).
+    pub errors: u64,
+    /// CPU seconds the broker process used per GB (with --server-pid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_seconds_per_gb: Option<f64>,
+    /// Text of the first error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+impl Throughput {
+    /// What `meter` counted, the run having lasted `elapsed`.
+    pub fn from_meter(meter: &Meter, elapsed: Duration) -> Self {
+        let counts = meter.counts();
+        Self {
+            records: counts.records,
+            bytes: counts.bytes,
+            seconds: elapsed.as_secs_f64(),
+            records_per_sec: per_second(counts.records, elapsed),
+            mb_per_sec: mb_per_second(counts.bytes, elapsed),
+            errors: counts.errors,
+            server_cpu_seconds_per_gb: None,
+            first_error: meter.first_error(),
+        }
+    }
+
+    /// Each measure's median over `runs` (errors: their sum; first error:
+    /// the first run's that had one).
+    pub fn median_of<'a>(runs: impl IntoIterator<Item = &'a Throughput>) -> Self {
+        let runs: Vec<&Throughput> = runs.into_iter().collect();
+        let cpu: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.server_cpu_seconds_per_gb)
+            .collect();
+        Self {
+            records: median_count(runs.iter().map(|r| r.records)),
+            bytes: median_count(runs.iter().map(|r| r.bytes)),
+            seconds: median(runs.iter().map(|r| r.seconds)),
+            records_per_sec: median(runs.iter().map(|r| r.records_per_sec)),
+            mb_per_sec: median(runs.iter().map(|r| r.mb_per_sec)),
+            errors: runs.iter().map(|r| r.errors).sum(),
+            server_cpu_seconds_per_gb: (!cpu.is_empty()).then(|| median(cpu)),
+            first_error: runs.iter().find_map(|r| r.first_error.clone()),
+        }
+    }
+
+    /// The records/s and MB/s report rows of the median `self` of `runs`.
+    pub fn rate_rows<'a>(
+        &self,
+        runs: impl IntoIterator<Item = &'a Throughput>,
+        prefix: &str,
+    ) -> [(String, String); 2] {
+        let runs: Vec<&Throughput> = runs.into_iter().collect();
+        let each =
+            |f: &dyn Fn(&Throughput) -> String| runs.iter().map(|r| f(r)).collect::<Vec<_>>();
+        [
+            (
+                format!("{prefix}records/s"),
+                with_runs(
+                    format!("{:.0}", self.records_per_sec),
+                    &each(&|r| format!("{:.0}", r.records_per_sec)),
+                ),
+            ),
+            (
+                format!("{prefix}MB/s"),
+                with_runs(
+                    format!("{:.1}", self.mb_per_sec),
+                    &each(&|r| format!("{:.1}", r.mb_per_sec)),
+                ),
+            ),
+        ]
+    }
+
+    /// The report row of the first error, if there was one.
+    pub fn first_error_row(&self, prefix: &str) -> Option<(String, String)> {
+        self.first_error
+            .as_ref()
+            .map(|error| (format!("{prefix}first error"), error.replace('|', "/")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
