@@ -10,20 +10,15 @@
 
 mod common;
 
-use bytes::{Bytes, BytesMut};
 use common::cluster::{
     check, read_partitions, Ack, Cluster, ClusterOptions, LoadProducer, Role, Verdict,
 };
-use common::wire::WireClient;
+use common::wire::{single_record_produce, WireClient};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
+    ApiKey, MetadataRequest, MetadataResponse, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -184,39 +179,6 @@ fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
-/// A produce request (acks=all) of one plain, non-idempotent record.
-fn produce_request(topic: &str, partition: i32, value: &str) -> ProduceRequest {
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: 1_700_000_000_000,
-        key: None,
-        value: Some(Bytes::from(value.to_string())),
-        headers: Default::default(),
-    };
-    let mut records = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut records, &[record], &options).unwrap();
-    ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(topic_name(topic))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(records.freeze()))])])
-}
-
 #[test]
 fn a_killed_gateways_partitions_take_writes_again_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
@@ -316,7 +278,7 @@ fn a_paused_owner_is_fenced_and_nothing_it_sends_after_resuming_lands() {
         stale.send(
             ApiKey::Produce,
             7,
-            &produce_request(TOPIC, *partition, &stale_value(*partition)),
+            &single_record_produce(TOPIC, *partition, -1, &stale_value(*partition)),
         );
     }
     let moved = common::eventually(Duration::from_secs(30), || {
