@@ -31,12 +31,23 @@ const FLUSH: Duration = Duration::from_secs(30);
 /// Records acknowledged before a fault is injected.
 const WARM_UP_RECORDS: usize = 1000;
 
-/// A cluster with `options`, the topic created and spread over its gateways.
-fn cluster_with_topic(dir: &std::path::Path, options: ClusterOptions) -> Cluster {
+/// A cluster with `options` and the topic spread over its gateways, with a
+/// producer that has written to every partition and goes on writing.
+fn cluster_under_load(dir: &std::path::Path, options: ClusterOptions) -> (Cluster, LoadProducer) {
     let cluster = Cluster::start(dir, options);
     cluster.create_topic(TOPIC, PARTITIONS);
     cluster.wait_balanced(TOPIC, PARTITIONS as usize, Duration::from_secs(30));
-    cluster
+    let producer = LoadProducer::start(&cluster.bootstrap(), TOPIC, PARTITIONS, "p", PACE, &[]);
+    warm_up(&producer);
+    (cluster, producer)
+}
+
+/// Three metadata nodes instead of one, otherwise the default cluster.
+fn three_metadata_nodes() -> ClusterOptions {
+    ClusterOptions {
+        metadata_nodes: 3,
+        ..ClusterOptions::default()
+    }
 }
 
 /// For each of `partitions`, when its first acknowledgement after `since` arrived.
@@ -182,9 +193,7 @@ fn topic_name(topic: &str) -> TopicName {
 #[test]
 fn a_killed_gateways_partitions_take_writes_again_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = cluster_with_topic(dir.path(), ClusterOptions::default());
-    let producer = LoadProducer::start(&cluster.bootstrap(), TOPIC, PARTITIONS, "p", PACE, &[]);
-    warm_up(&producer);
+    let (mut cluster, producer) = cluster_under_load(dir.path(), ClusterOptions::default());
 
     let before = cluster.owned_by(TOPIC, 2);
     let orphaned: BTreeSet<i32> = before.keys().map(|p| *p as i32).collect();
@@ -252,9 +261,7 @@ fn print_segments_sealed_under_their_writer(cluster: &Cluster) {
 #[test]
 fn a_paused_owner_is_fenced_and_nothing_it_sends_after_resuming_lands() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = cluster_with_topic(dir.path(), ClusterOptions::default());
-    let producer = LoadProducer::start(&cluster.bootstrap(), TOPIC, PARTITIONS, "p", PACE, &[]);
-    warm_up(&producer);
+    let (mut cluster, producer) = cluster_under_load(dir.path(), ClusterOptions::default());
 
     let before = cluster.owned_by(TOPIC, 2);
     let moving: BTreeSet<i32> = before.keys().map(|p| *p as i32).collect();
@@ -381,23 +388,10 @@ fn a_paused_owner_is_fenced_and_nothing_it_sends_after_resuming_lands() {
     }
 }
 
-/// A cluster with three metadata nodes and the topic, with a producer that
-/// has written to every partition.
-fn three_metadata_nodes_under_load(dir: &std::path::Path) -> (Cluster, LoadProducer) {
-    let options = ClusterOptions {
-        metadata_nodes: 3,
-        ..ClusterOptions::default()
-    };
-    let cluster = cluster_with_topic(dir, options);
-    let producer = LoadProducer::start(&cluster.bootstrap(), TOPIC, PARTITIONS, "p", PACE, &[]);
-    warm_up(&producer);
-    (cluster, producer)
-}
-
 #[test]
 fn producing_goes_on_when_the_metadata_leader_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cluster, producer) = three_metadata_nodes_under_load(dir.path());
+    let (mut cluster, producer) = cluster_under_load(dir.path(), three_metadata_nodes());
     let owners_before = cluster.partitions(TOPIC);
 
     let leader = cluster.raft_leader(Duration::from_secs(30));
@@ -474,11 +468,9 @@ const STOP_BOUND: Duration = Duration::from_secs(10);
 #[test]
 fn bookies_and_metadata_nodes_stop_on_sigterm_while_a_gateway_is_frozen() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = cluster_with_topic(dir.path(), ClusterOptions::default());
     // Writes give the gateways open streams to every bookie (E=3 of 3), and
     // each gateway follows metadata through a watch stream.
-    let producer = LoadProducer::start(&cluster.bootstrap(), TOPIC, PARTITIONS, "p", PACE, &[]);
-    warm_up(&producer);
+    let (mut cluster, producer) = cluster_under_load(dir.path(), ClusterOptions::default());
     drop(producer);
 
     cluster.gateway(2).pause();
@@ -516,9 +508,7 @@ fn bookies_and_metadata_nodes_stop_on_sigterm_while_a_gateway_is_frozen() {
 #[test]
 fn an_idempotent_producer_writes_each_record_once_through_bookie_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = cluster_with_topic(dir.path(), ClusterOptions::default());
-    let producer = LoadProducer::start(&cluster.bootstrap(), TOPIC, PARTITIONS, "p", PACE, &[]);
-    warm_up(&producer);
+    let (mut cluster, producer) = cluster_under_load(dir.path(), ClusterOptions::default());
     // One bookie at a time goes down and comes back. Open segments carry on
     // with the two others (Qa=2 of Qw=3) and do not take the restarted bookie
     // back, so the next bookie to go down leaves them one short of their ack
@@ -567,7 +557,7 @@ fn an_idempotent_producer_writes_each_record_once_through_bookie_restarts() {
 #[test]
 fn a_rolling_restart_of_every_process_under_load_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cluster, producer) = three_metadata_nodes_under_load(dir.path());
+    let (mut cluster, producer) = cluster_under_load(dir.path(), three_metadata_nodes());
 
     let order: Vec<(Role, u32)> = [(Role::Metadata, 3), (Role::Bookie, 3), (Role::Gateway, 2)]
         .into_iter()
