@@ -483,16 +483,7 @@ mod tests {
     use crate::offload::store::{build, segment_object_key, ObjectStoreConfig};
     use crate::offload::test_support::{batch, build_object, CountingStore};
     use crate::offload::upload::{UploadOptions, Uploader};
-    use futures::future::BoxFuture;
-    use futures::stream::BoxStream;
-    use object_store::memory::InMemory;
-    use object_store::{
-        CopyOptions, GetOptions, GetRange, GetResult, ListResult, MultipartUpload, ObjectMeta,
-        PutMultipartOptions, PutOptions, PutPayload, PutResult,
-    };
-    use std::collections::HashMap;
     use std::time::Duration;
-    use tokio::sync::watch;
 
     const KEY: &str = "topics/t/0/00000000000000000100-1.seg";
 
@@ -623,161 +614,14 @@ mod tests {
         assert!(reader.inner.reading_ahead.lock().unwrap().is_empty());
     }
 
-    /// An in-memory store that counts GETs by the first byte they ask for
-    /// and, while held, keeps them waiting until released (to make reads
-    /// race each other without timing).
-    #[derive(Debug)]
-    struct HeldStore {
-        inner: InMemory,
-        /// First byte asked for → GETs of it issued (held ones included).
-        gets: Mutex<HashMap<u64, usize>>,
-        /// Whether GETs may go on; while `false`, issued ones wait.
-        open: watch::Sender<bool>,
-    }
-
-    impl HeldStore {
-        fn new() -> Self {
-            Self {
-                inner: InMemory::new(),
-                gets: Mutex::new(HashMap::new()),
-                open: watch::channel(true).0,
-            }
-        }
-
-        /// GETs issued so far from byte `start`.
-        fn gets_from(&self, start: u64) -> usize {
-            self.gets.lock().unwrap().get(&start).copied().unwrap_or(0)
-        }
-
-        /// (first byte, GETs issued from it) of the GETs from before byte
-        /// `end` (those of blocks, not of the footer), by first byte.
-        fn gets_before(&self, end: u64) -> Vec<(u64, usize)> {
-            let gets = self.gets.lock().unwrap();
-            let mut before: Vec<_> = gets.iter().filter(|(&start, _)| start < end).collect();
-            before.sort();
-            before.into_iter().map(|(&start, &n)| (start, n)).collect()
-        }
-
-        fn hold(&self) {
-            self.open.send_replace(false);
-        }
-
-        fn release(&self) {
-            self.open.send_replace(true);
-        }
-    }
-
-    impl std::fmt::Display for HeldStore {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "HeldStore({})", self.inner)
-        }
-    }
-
-    // Only GETs are counted and held; the rest goes straight to the inner
-    // store. The async methods are written out as the boxed futures
-    // `#[async_trait]` would make.
-    impl ObjectStore for HeldStore {
-        fn put_opts<'a, 'b, 'f>(
-            &'a self,
-            location: &'b Path,
-            payload: PutPayload,
-            opts: PutOptions,
-        ) -> BoxFuture<'f, object_store::Result<PutResult>>
-        where
-            'a: 'f,
-            'b: 'f,
-            Self: 'f,
-        {
-            self.inner.put_opts(location, payload, opts)
-        }
-
-        fn put_multipart_opts<'a, 'b, 'f>(
-            &'a self,
-            location: &'b Path,
-            opts: PutMultipartOptions,
-        ) -> BoxFuture<'f, object_store::Result<Box<dyn MultipartUpload>>>
-        where
-            'a: 'f,
-            'b: 'f,
-            Self: 'f,
-        {
-            self.inner.put_multipart_opts(location, opts)
-        }
-
-        fn get_opts<'a, 'b, 'f>(
-            &'a self,
-            location: &'b Path,
-            options: GetOptions,
-        ) -> BoxFuture<'f, object_store::Result<GetResult>>
-        where
-            'a: 'f,
-            'b: 'f,
-            Self: 'f,
-        {
-            let start = match &options.range {
-                Some(GetRange::Bounded(range)) => range.start,
-                Some(GetRange::Offset(start)) => *start,
-                Some(GetRange::Suffix(_)) | None => u64::MAX,
-            };
-            *self.gets.lock().unwrap().entry(start).or_default() += 1;
-            let mut open = self.open.subscribe();
-            Box::pin(async move {
-                // The sender lives as long as `self`, so this cannot fail.
-                let _ = open.wait_for(|open| *open).await;
-                self.inner.get_opts(location, options).await
-            })
-        }
-
-        fn delete_stream(
-            &self,
-            locations: BoxStream<'static, object_store::Result<Path>>,
-        ) -> BoxStream<'static, object_store::Result<Path>> {
-            self.inner.delete_stream(locations)
-        }
-
-        fn list(
-            &self,
-            prefix: Option<&Path>,
-        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-            self.inner.list(prefix)
-        }
-
-        fn list_with_delimiter<'a, 'b, 'f>(
-            &'a self,
-            prefix: Option<&'b Path>,
-        ) -> BoxFuture<'f, object_store::Result<ListResult>>
-        where
-            'a: 'f,
-            'b: 'f,
-            Self: 'f,
-        {
-            self.inner.list_with_delimiter(prefix)
-        }
-
-        fn copy_opts<'a, 'b, 'c, 'f>(
-            &'a self,
-            from: &'b Path,
-            to: &'c Path,
-            options: CopyOptions,
-        ) -> BoxFuture<'f, object_store::Result<()>>
-        where
-            'a: 'f,
-            'b: 'f,
-            'c: 'f,
-            Self: 'f,
-        {
-            self.inner.copy_opts(from, to, options)
-        }
-    }
-
-    /// `count` batches stored as one object in a [`HeldStore`]; also the
+    /// `count` batches stored as one object in a [`CountingStore`]; also the
     /// object's size and each batch's position in it.
-    async fn held(count: usize) -> (Arc<HeldStore>, u64, Vec<Bytes>, Vec<u64>) {
+    async fn held(count: usize) -> (Arc<CountingStore>, u64, Vec<Bytes>, Vec<u64>) {
         let (meta, batches) = segment(count);
         // An index entry about every 1 KiB block, so that a read scans from
         // at most a block before the offset it wants.
         let (object, _) = build_object(meta, &batches, 1024);
-        let store = Arc::new(HeldStore::new());
+        let store = Arc::new(CountingStore::default());
         store
             .put(&Path::from(KEY), object.clone().into())
             .await

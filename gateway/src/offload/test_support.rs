@@ -1,5 +1,6 @@
 //! Helpers for the offload unit tests: hand-made record batches, whole
-//! objects built in memory, and an object store that counts its requests.
+//! objects built in memory, and an object store that counts its requests
+//! and can hold its GETs back.
 
 use super::object::{Footer, SegmentMeta, SegmentObjectBuilder};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -8,10 +9,13 @@ use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    CopyOptions, GetOptions, GetRange, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use tokio::sync::watch;
 
 /// A valid v2 record batch of `records` records from `base_offset`, the
 /// first stamped `first_timestamp` and each next one a millisecond later,
@@ -49,18 +53,67 @@ pub fn build_object(meta: SegmentMeta, batches: &[Bytes], index_interval: u64) -
     (object.freeze(), footer)
 }
 
-/// An in-memory store that counts GETs (ranged or not) and multipart uploads.
-#[derive(Debug, Default)]
+/// An in-memory store that counts puts, multipart uploads and GETs (in all,
+/// and by the first byte they ask for) and, while held, keeps GETs waiting
+/// until released (to make reads race each other without timing).
+#[derive(Debug)]
 pub struct CountingStore {
     pub inner: InMemory,
     pub gets: AtomicUsize,
     pub multipart_uploads: AtomicUsize,
     pub puts: AtomicUsize,
+    /// First byte asked for (`u64::MAX`: the whole object or a suffix) →
+    /// GETs of it issued, held ones included.
+    gets_by_start: Mutex<HashMap<u64, usize>>,
+    /// Whether GETs may go on; while `false`, issued ones wait.
+    open: watch::Sender<bool>,
+}
+
+impl Default for CountingStore {
+    fn default() -> Self {
+        Self {
+            inner: InMemory::new(),
+            gets: AtomicUsize::new(0),
+            multipart_uploads: AtomicUsize::new(0),
+            puts: AtomicUsize::new(0),
+            gets_by_start: Mutex::new(HashMap::new()),
+            open: watch::channel(true).0,
+        }
+    }
 }
 
 impl CountingStore {
     pub fn gets(&self) -> usize {
         self.gets.load(Ordering::SeqCst)
+    }
+
+    /// GETs issued so far from byte `start`.
+    pub fn gets_from(&self, start: u64) -> usize {
+        let gets = self.gets_by_start.lock().unwrap();
+        gets.get(&start).copied().unwrap_or(0)
+    }
+
+    /// (first byte, GETs issued from it) of the GETs from before byte `end`
+    /// (those of blocks, not of the footer), by first byte.
+    pub fn gets_before(&self, end: u64) -> Vec<(u64, usize)> {
+        let gets = self.gets_by_start.lock().unwrap();
+        let mut before: Vec<(u64, usize)> = gets
+            .iter()
+            .filter(|(&start, _)| start < end)
+            .map(|(&start, &n)| (start, n))
+            .collect();
+        before.sort();
+        before
+    }
+
+    /// From now on, GETs wait until [`CountingStore::release`].
+    pub fn hold(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Lets held and later GETs go on.
+    pub fn release(&self) {
+        self.open.send_replace(true);
     }
 }
 
@@ -113,7 +166,18 @@ impl ObjectStore for CountingStore {
         Self: 'f,
     {
         self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get_opts(location, options)
+        let start = match &options.range {
+            Some(GetRange::Bounded(range)) => range.start,
+            Some(GetRange::Offset(start)) => *start,
+            Some(GetRange::Suffix(_)) | None => u64::MAX,
+        };
+        *self.gets_by_start.lock().unwrap().entry(start).or_default() += 1;
+        let mut open = self.open.subscribe();
+        Box::pin(async move {
+            // The sender lives as long as `self`, so this cannot fail.
+            let _ = open.wait_for(|open| *open).await;
+            self.inner.get_opts(location, options).await
+        })
     }
 
     fn delete_stream(
