@@ -11,9 +11,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use std::time::{Duration, Instant};
-use strata_metadata::client::MetadataClient;
 use strata_proto::metadata::segment_info::State;
-use strata_proto::metadata::{ListSegmentsRequest, SegmentInfo};
+use strata_proto::metadata::SegmentInfo;
 
 const TOPIC: &str = "tiered";
 const RECORDS: usize = 3_000;
@@ -54,23 +53,6 @@ async fn produce(cluster: &DevCluster) {
     }
 }
 
-/// The live segments of partition 0 of [`TOPIC`], straight from metadata.
-async fn segments(cluster: &DevCluster) -> Vec<SegmentInfo> {
-    let client = MetadataClient::connect_lazy(&[cluster.metadata_addr.to_string()]).unwrap();
-    let request = ListSegmentsRequest {
-        topic: TOPIC.into(),
-        partition: 0,
-    };
-    client
-        .call(|mut metadata| {
-            let request = request.clone();
-            async move { metadata.list_segments(request).await }
-        })
-        .await
-        .map(|r| r.segments)
-        .unwrap_or_default()
-}
-
 fn object_keys(segments: &[SegmentInfo]) -> Vec<String> {
     segments
         .iter()
@@ -104,7 +86,7 @@ async fn describe_shows_segments_on_bookies_and_in_object_storage() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let offloaded = loop {
-        let now = segments(&cluster).await;
+        let now = cluster.segments(TOPIC).await;
         let first_offloaded = now
             .first()
             .is_some_and(|s| matches!(s.state, Some(State::Offloaded(_))));

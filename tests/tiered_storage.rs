@@ -17,10 +17,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use strata_metadata::client::MetadataClient;
 use strata_proto::bookie::bookie_service_client::BookieServiceClient;
 use strata_proto::metadata::segment_info::State;
-use strata_proto::metadata::{ListSegmentsRequest, SegmentInfo};
+use strata_proto::metadata::SegmentInfo;
 
 const TOPIC: &str = "tiered";
 const RECORDS: usize = 3_000;
@@ -100,22 +99,6 @@ fn expected_records(from: usize, to: usize) -> Vec<(i64, String, String)> {
         .collect()
 }
 
-async fn segments(cluster: &DevCluster, topic: &str) -> Vec<SegmentInfo> {
-    let client = MetadataClient::connect_lazy(&[cluster.metadata_addr.to_string()]).unwrap();
-    let request = ListSegmentsRequest {
-        topic: topic.into(),
-        partition: 0,
-    };
-    client
-        .call(|mut metadata| {
-            let request = request.clone();
-            async move { metadata.list_segments(request).await }
-        })
-        .await
-        .map(|r| r.segments)
-        .unwrap_or_default()
-}
-
 fn object_keys(segments: &[SegmentInfo]) -> Vec<(u64, String)> {
     segments
         .iter()
@@ -172,7 +155,7 @@ async fn offload_and_read_back(cluster: &DevCluster) -> Vec<(u64, String)> {
     .await;
     produce(cluster, TOPIC, 0, RECORDS, None).await;
     let offloaded = eventually_async(Duration::from_secs(60), || async {
-        let segments = segments(cluster, TOPIC).await;
+        let segments = cluster.segments(TOPIC).await;
         let sealed = segments
             .iter()
             .filter(|s| matches!(s.state, Some(State::Sealed(_))))
@@ -180,7 +163,7 @@ async fn offload_and_read_back(cluster: &DevCluster) -> Vec<(u64, String)> {
         object_keys(&segments).len() >= 5 && sealed == 0
     })
     .await;
-    let now = segments(cluster, TOPIC).await;
+    let now = cluster.segments(TOPIC).await;
     assert!(offloaded, "sealed segments are offloaded: {now:?}");
     let keys = object_keys(&now);
     let offloaded_ids: BTreeSet<u64> = keys.iter().map(|(id, _)| *id).collect();
@@ -314,11 +297,11 @@ async fn a_kill_during_offload_loses_and_duplicates_nothing() {
     create_topic(&cluster, TOPIC, &[("segment.bytes", "32768")]).await;
     produce(&cluster, TOPIC, 0, RECORDS, None).await;
     let some = eventually_async(Duration::from_secs(60), || async {
-        !object_keys(&segments(&cluster, TOPIC).await).is_empty()
+        !object_keys(&cluster.segments(TOPIC).await).is_empty()
     })
     .await;
     assert!(some, "offloading has started");
-    let before = segments(&cluster, TOPIC).await;
+    let before = cluster.segments(TOPIC).await;
     assert!(
         before
             .iter()
@@ -336,14 +319,14 @@ async fn a_kill_during_offload_loses_and_duplicates_nothing() {
         read.len()
     );
     let settled = eventually_async(Duration::from_secs(60), || async {
-        let segments = segments(&cluster, TOPIC).await;
+        let segments = cluster.segments(TOPIC).await;
         segments
             .iter()
             .all(|s| !matches!(s.state, Some(State::Sealed(_))))
     })
     .await;
     assert!(settled, "offloading finishes after the restart");
-    for (_, key) in object_keys(&segments(&cluster, TOPIC).await) {
+    for (_, key) in object_keys(&cluster.segments(TOPIC).await) {
         assert!(data.join("objects").join(&key).is_file(), "{key} exists");
     }
 }
@@ -383,7 +366,7 @@ async fn records_older_than_retention_disappear_everywhere() {
     // Their objects go too: what is left in the store is what live segments name.
     let objects = data.join("objects");
     let objects_gone = eventually_async(Duration::from_secs(30), || async {
-        let live: BTreeSet<String> = object_keys(&segments(&cluster, TOPIC).await)
+        let live: BTreeSet<String> = object_keys(&cluster.segments(TOPIC).await)
             .into_iter()
             .map(|(_, key)| key)
             .collect();
@@ -392,7 +375,7 @@ async fn records_older_than_retention_disappear_everywhere() {
     })
     .await;
     if !objects_gone {
-        let live = object_keys(&segments(&cluster, TOPIC).await);
+        let live = object_keys(&cluster.segments(TOPIC).await);
         eprintln!(
             "live {live:?}\nstored {:?}",
             stored_keys(&objects, &objects)
@@ -402,7 +385,8 @@ async fn records_older_than_retention_disappear_everywhere() {
     // Once no live segment holds only old records, a consumer from the
     // beginning starts at the log start.
     let settled = eventually_async(Duration::from_secs(30), || async {
-        segments(&cluster, TOPIC)
+        cluster
+            .segments(TOPIC)
             .await
             .first()
             .is_some_and(|s| match &s.state {
@@ -450,7 +434,7 @@ async fn delete_records_moves_the_log_start_and_frees_whole_segments() {
     let cluster = DevCluster::start_with(&data, &common::quick_maintenance_configs(dir.path(), ""));
     create_topic(&cluster, TOPIC, &[("segment.bytes", "32768")]).await;
     produce(&cluster, TOPIC, 0, RECORDS, None).await;
-    let first_segments = segments(&cluster, TOPIC).await;
+    let first_segments = cluster.segments(TOPIC).await;
 
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())
@@ -480,7 +464,8 @@ async fn delete_records_moves_the_log_start_and_frees_whole_segments() {
     );
     // Segments wholly below the new start are deleted.
     let freed = eventually_async(Duration::from_secs(30), || async {
-        segments(&cluster, TOPIC)
+        cluster
+            .segments(TOPIC)
             .await
             .first()
             .is_some_and(|s| s.base_offset <= 1_500 && s.base_offset > 0)

@@ -109,6 +109,26 @@ impl DevCluster {
         create_topic(&self.metadata_addr.to_string(), topic, partitions);
     }
 
+    /// The live segments of `topic`'s partition 0, straight from metadata
+    /// (none while metadata does not answer).
+    pub async fn segments(&self, topic: &str) -> Vec<strata_proto::metadata::SegmentInfo> {
+        let addrs = [self.metadata_addr.to_string()];
+        let client = strata_metadata::client::MetadataClient::connect_lazy(&addrs)
+            .expect("a metadata client");
+        let request = strata_proto::metadata::ListSegmentsRequest {
+            topic: topic.into(),
+            partition: 0,
+        };
+        client
+            .call(|mut metadata| {
+                let request = request.clone();
+                async move { metadata.list_segments(request).await }
+            })
+            .await
+            .map(|r| r.segments)
+            .unwrap_or_default()
+    }
+
     /// Starts `strata gateway` with node id `node_id` beside this cluster
     /// (same metadata, same object store), logging to `log`, with more flags.
     pub fn start_gateway(&self, node_id: i32, log: &Path, extra: &[&str]) -> role::RoleProcess {
