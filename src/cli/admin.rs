@@ -5,6 +5,7 @@ pub mod gateways;
 pub mod groups;
 mod kafka_wire;
 pub mod segments;
+mod table;
 mod topics;
 
 use anyhow::{bail, Context};

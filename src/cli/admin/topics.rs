@@ -262,7 +262,7 @@ fn render(topic: &TopicDescription) -> String {
             out.push_str("  no segments yet\n");
             continue;
         }
-        let rows = partition.segments.iter().map(segment_row).collect();
+        let rows: Vec<Vec<String>> = partition.segments.iter().map(segment_row).collect();
         let header = [
             "SEGMENT",
             "TIER",
@@ -273,7 +273,7 @@ fn render(topic: &TopicDescription) -> String {
             "LOCATION",
             "MAX-TIMESTAMP",
         ];
-        out.push_str(&table(&header, rows, "  "));
+        out.push_str(&super::table::table(&header, &rows, "  ", "  "));
     }
     out
 }
@@ -303,29 +303,6 @@ fn segment_row(segment: &SegmentDescription) -> Vec<String> {
 
 fn or_unknown(value: Option<impl ToString>) -> String {
     value.map_or(UNKNOWN.to_string(), |v| v.to_string())
-}
-
-/// `rows` under `header` in left-aligned columns, each line after `indent`.
-fn table(header: &[&str], rows: Vec<Vec<String>>, indent: &str) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        format!("{indent}{}\n", padded.join("  ").trim_end())
-    };
-    let mut out = line(header.to_vec());
-    for row in &rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
 }
 
 /// `host:port`, with an IPv6 host in brackets.
