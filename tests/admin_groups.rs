@@ -50,17 +50,6 @@ fn caught_up(consumer: &BaseConsumer, position: i64) -> bool {
             .all(|e| e.offset() == Offset::Offset(position))
 }
 
-/// Runs `strata admin` and returns its stdout; fails the test if it failed.
-fn admin_ok(cluster: &DevCluster, args: &[&str]) -> String {
-    let out = cluster.admin(args);
-    assert!(
-        out.status.success(),
-        "strata admin {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Runs `strata admin`, which must fail, and returns its stderr.
 fn admin_fails(cluster: &DevCluster, args: &[&str]) -> String {
     let out = cluster.admin(args);
@@ -87,7 +76,7 @@ struct Row {
 /// `groups describe GROUP`: the summary line and the rows of [`TOPIC`] by
 /// partition.
 fn describe(cluster: &DevCluster) -> (String, BTreeMap<i32, Row>) {
-    let out = admin_ok(cluster, &["groups", "describe", GROUP]);
+    let out = cluster.admin_ok(&["groups", "describe", GROUP]);
     let summary = out.lines().next().unwrap_or_default().to_string();
     let rows = out
         .lines()
@@ -168,7 +157,7 @@ fn groups_are_listed_described_with_lag_and_reset_when_empty() {
         vec!["groups", "list"],
         vec!["groups", "--bootstrap", &bootstrap, "list"],
     ] {
-        let listed = admin_ok(&cluster, &args);
+        let listed = cluster.admin_ok(&args);
         let line = listed
             .lines()
             .find(|l| l.split_whitespace().next() == Some(GROUP))
@@ -249,17 +238,14 @@ fn groups_are_listed_described_with_lag_and_reset_when_empty() {
     );
 
     // A dry run prints the plan and changes nothing.
-    let plan = admin_ok(
-        &cluster,
-        &[
-            "groups",
-            "reset-offsets",
-            GROUP,
-            "--topic",
-            TOPIC,
-            "--to-earliest",
-        ],
-    );
+    let plan = cluster.admin_ok(&[
+        "groups",
+        "reset-offsets",
+        GROUP,
+        "--topic",
+        TOPIC,
+        "--to-earliest",
+    ]);
     assert!(plan.contains("Dry run"), "{plan}");
     let planned = plan
         .lines()
@@ -271,18 +257,15 @@ fn groups_are_listed_described_with_lag_and_reset_when_empty() {
     assert_eq!(current_offsets(&cluster), all_partitions("10"));
 
     // Executed, it moves every partition to the start.
-    admin_ok(
-        &cluster,
-        &[
-            "groups",
-            "reset-offsets",
-            GROUP,
-            "--topic",
-            TOPIC,
-            "--to-earliest",
-            "--execute",
-        ],
-    );
+    cluster.admin_ok(&[
+        "groups",
+        "reset-offsets",
+        GROUP,
+        "--topic",
+        TOPIC,
+        "--to-earliest",
+        "--execute",
+    ]);
     assert_eq!(current_offsets(&cluster), all_partitions("0"));
     let (_, rows) = describe(&cluster);
     assert!(rows.values().all(|r| r.lag == "15"), "{rows:?}");
@@ -311,32 +294,26 @@ fn groups_are_listed_described_with_lag_and_reset_when_empty() {
     drop(checker);
 
     // Chosen partitions move to an offset, kept within the log.
-    admin_ok(
-        &cluster,
-        &[
-            "groups",
-            "reset-offsets",
-            GROUP,
-            "--topic",
-            &format!("{TOPIC}:1,4"),
-            "--to-offset",
-            "7",
-            "--execute",
-        ],
-    );
-    admin_ok(
-        &cluster,
-        &[
-            "groups",
-            "reset-offsets",
-            GROUP,
-            "--topic",
-            &format!("{TOPIC}:5"),
-            "--to-offset",
-            "1000",
-            "--execute",
-        ],
-    );
+    cluster.admin_ok(&[
+        "groups",
+        "reset-offsets",
+        GROUP,
+        "--topic",
+        &format!("{TOPIC}:1,4"),
+        "--to-offset",
+        "7",
+        "--execute",
+    ]);
+    cluster.admin_ok(&[
+        "groups",
+        "reset-offsets",
+        GROUP,
+        "--topic",
+        &format!("{TOPIC}:5"),
+        "--to-offset",
+        "1000",
+        "--execute",
+    ]);
     let mut expected = all_partitions("0");
     expected.insert(1, "7".into());
     expected.insert(4, "7".into());
@@ -392,6 +369,6 @@ fn bad_input_fails_with_a_clear_message() {
     assert!(no_target.contains("--to-earliest"), "{no_target}");
 
     // An empty cluster lists no group, and that is not an error.
-    let listed = admin_ok(&cluster, &["groups", "list"]);
+    let listed = cluster.admin_ok(&["groups", "list"]);
     assert_eq!(listed.lines().count(), 1, "only the header: {listed}");
 }

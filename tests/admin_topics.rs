@@ -63,17 +63,6 @@ fn object_keys(segments: &[SegmentInfo]) -> Vec<String> {
         .collect()
 }
 
-/// Runs `strata admin` and returns its stdout; fails the test if it failed.
-fn admin_ok(cluster: &DevCluster, args: &[&str]) -> String {
-    let out = cluster.admin(args);
-    assert!(
-        out.status.success(),
-        "strata admin {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn describe_shows_segments_on_bookies_and_in_object_storage() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,7 +92,7 @@ async fn describe_shows_segments_on_bookies_and_in_object_storage() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
-    let out = admin_ok(&cluster, &["topics", "describe", TOPIC]);
+    let out = cluster.admin_ok(&["topics", "describe", TOPIC]);
     assert!(out.contains(&format!("Topic          {TOPIC}")), "{out}");
     assert!(out.contains("segment.bytes"), "the topic's configs: {out}");
     assert!(out.contains("Partition 0: owner gateway"), "{out}");
@@ -139,11 +128,9 @@ async fn describe_shows_segments_on_bookies_and_in_object_storage() {
         "only the last segment is open: {out}"
     );
 
-    let json: serde_json::Value = serde_json::from_str(&admin_ok(
-        &cluster,
-        &["topics", "describe", TOPIC, "--json"],
-    ))
-    .expect("--json prints JSON");
+    let json: serde_json::Value =
+        serde_json::from_str(&cluster.admin_ok(&["topics", "describe", TOPIC, "--json"]))
+            .expect("--json prints JSON");
     assert_eq!(json["name"], TOPIC);
     assert_eq!(json["configs"]["segment.bytes"], "32768");
     let listed = json["partitions"][0]["segments"].as_array().unwrap();

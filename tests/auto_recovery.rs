@@ -61,7 +61,7 @@ fn start_cluster(dir: &std::path::Path) -> Cluster {
         ..ClusterOptions::default()
     };
     let cluster = Cluster::start(dir, options);
-    let out = cluster.admin(&[
+    cluster.admin_ok(&[
         "topics",
         "create",
         TOPIC,
@@ -75,11 +75,6 @@ fn start_cluster(dir: &std::path::Path) -> Cluster {
         "--config",
         "local.retention.bytes=-1",
     ]);
-    assert!(
-        out.status.success(),
-        "topic created: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     cluster.wait_balanced(TOPIC, PARTITIONS as usize, Duration::from_secs(30));
     cluster
 }
@@ -148,14 +143,8 @@ fn bookie_segments(cluster: &Cluster, id: i32) -> BTreeMap<u64, SegmentSummary> 
 
 /// `strata admin segments under-replicated --json`: (segment id, dead bookies).
 fn under_replicated(cluster: &Cluster) -> Vec<(u64, Vec<i32>)> {
-    let out = cluster.admin(&["segments", "under-replicated", "--json"]);
-    assert!(
-        out.status.success(),
-        "the report runs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("the report is JSON");
+    let out = cluster.admin_ok(&["segments", "under-replicated", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("the report is JSON");
     let rows = report["segments"].as_array().expect("a list of segments");
     assert_eq!(report["under_replicated"].as_u64(), Some(rows.len() as u64));
     rows.iter()
@@ -297,8 +286,7 @@ fn sealed_segments_of_a_dead_bookie_are_re_replicated_to_a_live_one() {
         "only bookie {victim} is dead: {reported:?}"
     );
     // The recovery delay leaves seconds before the copies start.
-    let status = cluster.admin(&["status"]);
-    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    let status = cluster.admin_ok(&["status"]);
     let counted = status
         .lines()
         .find_map(|line| line.strip_prefix("under-replicated segments"))

@@ -498,6 +498,11 @@ impl Cluster {
         super::admin(&self.metadata_addrs().join(","), args)
     }
 
+    /// Runs `strata admin ARGS...`, which must succeed, and returns its stdout.
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        super::admin_ok(&self.metadata_addrs().join(","), args)
+    }
+
     /// Creates `topic` with `partitions` partitions through `strata admin`.
     pub fn create_topic(&self, topic: &str, partitions: i32) {
         super::create_topic(&self.metadata_addrs().join(","), topic, partitions);

@@ -104,6 +104,11 @@ impl DevCluster {
         admin(&self.metadata_addr.to_string(), args)
     }
 
+    /// Runs `strata admin ARGS...`, which must succeed, and returns its stdout.
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        admin_ok(&self.metadata_addr.to_string(), args)
+    }
+
     /// Creates `topic` with `partitions` partitions through `strata admin`.
     pub fn create_topic(&self, topic: &str, partitions: i32) {
         create_topic(&self.metadata_addr.to_string(), topic, partitions);
@@ -207,6 +212,18 @@ pub fn terminate(child: &mut Child) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs `strata admin --metadata-addrs <metadata_addrs> <args>`, which must
+/// succeed, and returns its stdout.
+pub fn admin_ok(metadata_addrs: &str, args: &[&str]) -> String {
+    let out = admin(metadata_addrs, args);
+    assert!(
+        out.status.success(),
+        "strata admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs `strata admin --metadata-addrs <metadata_addrs> <args>` and returns its output.
