@@ -132,17 +132,7 @@ fn drain(
         Duration::from_secs(60),
     );
     let verdict = check(&deliveries.acks, &log);
-    eprintln!(
-        "checked: acked {} ({} without an offset), lost {}, duplicated {}, reordered {}, offset gaps {}, \
-         unacknowledged present {}",
-        verdict.acked,
-        verdict.acked_without_offset,
-        verdict.lost,
-        verdict.duplicated,
-        verdict.reordered,
-        verdict.offset_gaps,
-        verdict.unacked_present
-    );
+    eprintln!("checked: {verdict}");
     for (partition, records) in &log {
         assert_eq!(
             records.first().map(|(offset, _)| *offset),

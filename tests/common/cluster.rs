@@ -1036,6 +1036,24 @@ impl Verdict {
     }
 }
 
+/// The counts, for the test's output: what the checker prints on every run.
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "acked {} ({} without an offset), lost {}, duplicated {}, reordered {}, \
+             offset gaps {}, unacknowledged in the log {}",
+            self.acked,
+            self.acked_without_offset,
+            self.lost,
+            self.duplicated,
+            self.reordered,
+            self.offset_gaps,
+            self.unacked_present
+        )
+    }
+}
+
 /// Compares what was acknowledged with what the log holds. Values are
 /// `{producer}-{seq}`, and every producer's sequence grows in send order.
 pub fn check(acks: &[Ack], log: &BTreeMap<i32, Vec<(i64, String)>>) -> Verdict {
