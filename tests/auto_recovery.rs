@@ -107,9 +107,8 @@ fn segments(cluster: &Cluster) -> Vec<SegmentInfo> {
             partition,
         };
         let listed = cluster
-            .block_on(client.call(|mut c| {
-                let request = request.clone();
-                async move { c.list_segments(request).await }
+            .block_on(client.send(request, |mut c, request| async move {
+                c.list_segments(request).await
             }))
             .expect("metadata lists the segments");
         all.extend(listed.segments);

@@ -129,9 +129,8 @@ async fn create_topic(client: &MetadataClient, name: &str, partitions: i32) -> i
         ..Default::default()
     };
     let reply = client
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.create_topic(request).await }
+        .send(request, |mut c, request| async move {
+            c.create_topic(request).await
         })
         .await
         .expect("create topic call succeeds");
@@ -241,9 +240,8 @@ async fn owners(client: &MetadataClient, topic: &str) -> BTreeMap<u32, Partition
         topic: topic.into(),
     };
     client
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.list_partitions(request).await }
+        .send(request, |mut c, request| async move {
+            c.list_partitions(request).await
         })
         .await
         .expect("list partitions")
@@ -340,9 +338,8 @@ async fn ownership_moves_off_a_dead_gateway_and_fences_its_epoch() {
         let client = client.clone();
         async move {
             client
-                .call(|mut c| {
-                    let request = request.clone();
-                    async move { c.open_segment(request).await }
+                .send(request, |mut c, request| async move {
+                    c.open_segment(request).await
                 })
                 .await
                 .expect("open segment call")

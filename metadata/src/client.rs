@@ -120,6 +120,27 @@ impl MetadataClient {
         self.retrying(|client| call(client.admin())).await
     }
 
+    /// Like [`Self::call`] for an RPC of one `request`, which each attempt
+    /// gets a copy of: `client.send(request, |mut c, r| async move { c.list_topics(r).await })`.
+    pub async fn send<R, T, F, Fut>(&self, request: R, mut rpc: F) -> Result<T, ClientError>
+    where
+        R: Clone,
+        F: FnMut(MetadataServiceClient<Channel>, R) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call(|client| rpc(client, request.clone())).await
+    }
+
+    /// Like [`Self::send`], for the admin service.
+    pub async fn admin_send<R, T, F, Fut>(&self, request: R, mut rpc: F) -> Result<T, ClientError>
+    where
+        R: Clone,
+        F: FnMut(AdminServiceClient<Channel>, R) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.admin_call(|client| rpc(client, request.clone())).await
+    }
+
     async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
     where
         F: FnMut(&Self) -> Fut,

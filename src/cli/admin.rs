@@ -164,9 +164,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 MembersCommand::AddLearner { node_id, grpc_addr } => {
                     let request = AddMetadataLearnerRequest { node_id, grpc_addr };
                     client
-                        .admin_call(|mut c| {
-                            let request = request.clone();
-                            async move { c.add_metadata_learner(request).await }
+                        .admin_send(request, |mut c, request| async move {
+                            c.add_metadata_learner(request).await
                         })
                         .await
                 }
@@ -219,9 +218,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 validate_only: false,
             };
             let reply = client
-                .call(|mut c| {
-                    let request = request.clone();
-                    async move { c.create_topic(request).await }
+                .send(request, |mut c, request| async move {
+                    c.create_topic(request).await
                 })
                 .await
                 .with_context(unreachable)?;
@@ -235,9 +233,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Topics(TopicsCommand::Delete { name }) => {
             let request = DeleteTopicRequest { name: name.clone() };
             let reply = client
-                .call(|mut c| {
-                    let request = request.clone();
-                    async move { c.delete_topic(request).await }
+                .send(request, |mut c, request| async move {
+                    c.delete_topic(request).await
                 })
                 .await
                 .with_context(unreachable)?;

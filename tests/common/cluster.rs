@@ -580,9 +580,8 @@ impl Cluster {
         let request = ListPartitionsRequest {
             topic: topic.into(),
         };
-        self.block_on(client.call(|mut c| {
-            let request = request.clone();
-            async move { c.list_partitions(request).await }
+        self.block_on(client.send(request, |mut c, request| async move {
+            c.list_partitions(request).await
         }))
         .map(|reply| {
             reply

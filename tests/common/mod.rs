@@ -125,9 +125,8 @@ impl DevCluster {
             partition: 0,
         };
         client
-            .call(|mut metadata| {
-                let request = request.clone();
-                async move { metadata.list_segments(request).await }
+            .send(request, |mut metadata, request| async move {
+                metadata.list_segments(request).await
             })
             .await
             .map(|r| r.segments)

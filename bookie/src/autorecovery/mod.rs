@@ -240,9 +240,8 @@ impl AutoRecovery {
         };
         let listed = self
             .client
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.list_segments(request).await }
+            .send(request, |mut c, request| async move {
+                c.list_segments(request).await
             })
             .await;
         let in_ensemble = match listed {

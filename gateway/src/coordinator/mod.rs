@@ -293,9 +293,8 @@ impl GroupCoordinator {
         };
         let response = self
             .client
-            .call(|mut metadata| {
-                let request = request.clone();
-                async move { metadata.fetch_offsets(request).await }
+            .send(request, |mut metadata, request| async move {
+                metadata.fetch_offsets(request).await
             })
             .await
             .map_err(|error| unavailable(&error))?;
@@ -314,9 +313,8 @@ impl GroupCoordinator {
         };
         let response = self
             .client
-            .call(|mut metadata| {
-                let request = request.clone();
-                async move { metadata.delete_offsets(request).await }
+            .send(request, |mut metadata, request| async move {
+                metadata.delete_offsets(request).await
             })
             .await
             .map_err(|error| unavailable(&error))?;
@@ -450,9 +448,8 @@ impl GroupCoordinator {
         };
         let response = self
             .client
-            .call(|mut metadata| {
-                let request = request.clone();
-                async move { metadata.list_offset_groups(request).await }
+            .send(request, |mut metadata, request| async move {
+                metadata.list_offset_groups(request).await
             })
             .await
             .map_err(|error| unavailable(&error))?;
@@ -570,9 +567,8 @@ impl GroupCoordinator {
         };
         let groups = match self
             .client
-            .call(|mut metadata| {
-                let request = request.clone();
-                async move { metadata.list_offset_groups(request).await }
+            .send(request, |mut metadata, request| async move {
+                metadata.list_offset_groups(request).await
             })
             .await
         {

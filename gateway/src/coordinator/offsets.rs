@@ -110,9 +110,8 @@ async fn propose(
         coordinator: Some(node_id),
     };
     let response = client
-        .call(|mut metadata| {
-            let request = request.clone();
-            async move { metadata.commit_offsets(request).await }
+        .send(request, |mut metadata, request| async move {
+            metadata.commit_offsets(request).await
         })
         .await;
     match response {

@@ -373,9 +373,8 @@ async fn alter_topic(
     };
     let result = gatekeeper
         .client()
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.alter_topic_configs(request).await }
+        .send(request, |mut c, request| async move {
+            c.alter_topic_configs(request).await
         })
         .await;
     let reply = match result {

@@ -73,9 +73,8 @@ async fn delete_below(
     };
     let response = gatekeeper
         .client()
-        .call(|mut metadata| {
-            let request = request.clone();
-            async move { metadata.advance_log_start(request).await }
+        .send(request, |mut metadata, request| async move {
+            metadata.advance_log_start(request).await
         })
         .await
         .map_err(|error| {

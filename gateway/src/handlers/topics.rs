@@ -117,9 +117,8 @@ async fn create_one(
     };
     let result = gatekeeper
         .client()
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.create_topic(request).await }
+        .send(request, |mut c, request| async move {
+            c.create_topic(request).await
         })
         .await;
     match result {
@@ -195,9 +194,8 @@ pub async fn delete_topics(
                 let request = DeleteTopicRequest { name: name.clone() };
                 let result = gatekeeper
                     .client()
-                    .call(|mut c| {
-                        let request = request.clone();
-                        async move { c.delete_topic(request).await }
+                    .send(request, |mut c, request| async move {
+                        c.delete_topic(request).await
                     })
                     .await;
                 let outcome = outcome_of(result, |r| r.outcome.clone().unwrap_or_default());
@@ -260,9 +258,8 @@ pub async fn create_partitions(
             };
             let result = gatekeeper
                 .client()
-                .call(|mut c| {
-                    let request = request.clone();
-                    async move { c.create_partitions(request).await }
+                .send(request, |mut c, request| async move {
+                    c.create_partitions(request).await
                 })
                 .await;
             outcome_of(result, |r| r.outcome.clone().unwrap_or_default())

@@ -124,9 +124,8 @@ impl Maintenance {
         let outcome = self
             .partitions
             .client()
-            .call(|mut metadata| {
-                let request = request.clone();
-                async move { metadata.delete_segments(request).await }
+            .send(request, |mut metadata, request| async move {
+                metadata.delete_segments(request).await
             })
             .await;
         match outcome {
@@ -228,9 +227,8 @@ impl Maintenance {
         let response = self
             .partitions
             .client()
-            .call(|mut metadata| {
-                let request = request.clone();
-                async move { metadata.mark_offloaded(request).await }
+            .send(request, |mut metadata, request| async move {
+                metadata.mark_offloaded(request).await
             })
             .await
             .map_err(|e| OffloadError::Metadata(e.to_string()))?;

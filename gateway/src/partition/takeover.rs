@@ -207,9 +207,8 @@ pub(super) async fn open_segment(
     };
     let reply = partitions
         .client
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.open_segment(request).await }
+        .send(request, |mut c, request| async move {
+            c.open_segment(request).await
         })
         .await?;
     let outcome = reply.outcome.unwrap_or_default();

@@ -101,9 +101,8 @@ pub async fn describe(client: &MetadataClient, name: &str, json: bool) -> anyhow
         topic: name.to_string(),
     };
     let reply = client
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.list_partitions(request).await }
+        .send(request, |mut c, request| async move {
+            c.list_partitions(request).await
         })
         .await
         .with_context(unreachable)?;
@@ -130,9 +129,8 @@ pub async fn describe(client: &MetadataClient, name: &str, json: bool) -> anyhow
             partition: partition.partition,
         };
         let listed = client
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.list_segments(request).await }
+            .send(request, |mut c, request| async move {
+                c.list_segments(request).await
             })
             .await
             .with_context(unreachable)?;

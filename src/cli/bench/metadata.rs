@@ -74,9 +74,8 @@ pub async fn run(args: MetadataBenchArgs) -> anyhow::Result<Section> {
         };
         let sent = Instant::now();
         let reply = client
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.create_topic(request).await }
+            .send(request, |mut c, request| async move {
+                c.create_topic(request).await
             })
             .await?;
         create.push(sent.elapsed());
@@ -112,9 +111,8 @@ pub async fn run(args: MetadataBenchArgs) -> anyhow::Result<Section> {
         };
         let sent = Instant::now();
         client
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.commit_offsets(request).await }
+            .send(request, |mut c, request| async move {
+                c.commit_offsets(request).await
             })
             .await?;
         commits.push(sent.elapsed());
@@ -226,9 +224,8 @@ async fn wait_until_assigned(
             topic: last.clone(),
         };
         let partitions = client
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.list_partitions(request).await }
+            .send(request, |mut c, request| async move {
+                c.list_partitions(request).await
             })
             .await?
             .partitions;
